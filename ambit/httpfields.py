@@ -13,6 +13,11 @@ from __future__ import annotations
 PROXY_OWNED_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection", "keep-alive",
                                  "proxy-connection", "te", "trailer", "upgrade", "http2-settings", "expect"})
 
+# A request's pseudo-headers, which Envoy's header matchers (routes, RBAC) read among its headers,
+# HTTP/1.1 requests included: Istio's VirtualService matches and AuthorizationPolicy's
+# `request.headers[...]` may name them.
+REQUEST_PSEUDO_HEADERS = (":method", ":scheme", ":authority", ":path")
+
 
 def wire_value(text: str) -> str:
     """`text` as the waypoint carries a header value: its UTF-8 bytes, one character per byte

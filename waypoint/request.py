@@ -39,6 +39,12 @@ class RequestHead:
             return None
         return ("; " if name == "cookie" else ",").join(values)
 
+    def header_or_pseudo(self, name: str) -> str | None:
+        """`header(name)`, or for one of the request's pseudo-headers (`:method`, `:authority`,
+        `:path` with its query, `:scheme`) its own value, as Envoy's header matchers read them."""
+        pseudo = _PSEUDO.get(name)
+        return pseudo(self) if pseudo is not None else self.header(name)
+
     @property
     def path_only(self) -> str:
         return self.path.split("?", 1)[0]
@@ -55,6 +61,12 @@ class RequestHead:
         if a.startswith("["):
             return a.split("]", 1)[0] + "]"
         return a.rsplit(":", 1)[0] if a.count(":") == 1 else a
+
+
+_PSEUDO: dict[str, Callable[[RequestHead], str]] = {
+    ":method": lambda h: h.method, ":authority": lambda h: h.authority,
+    ":path": lambda h: h.path, ":scheme": lambda h: h.scheme,
+}
 
 
 @dataclass(frozen=True)

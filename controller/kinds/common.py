@@ -12,7 +12,7 @@ from typing import Any
 
 from ambit.dataplane.ports import INGRESS_POD_PORTS
 from ambit.duration import parse_go_duration
-from ambit.httpfields import PROXY_OWNED_HEADERS
+from ambit.httpfields import PROXY_OWNED_HEADERS, REQUEST_PSEUDO_HEADERS
 from ambit.regex import check_re2
 from controller.kinds.schema import Arr, Errors, Int, Map, Num, Obj, Str, join
 
@@ -263,6 +263,17 @@ def header_name_reason(text: Any) -> str | None:
     if isinstance(text, str) and _HEADER_NAME.fullmatch(text):
         return None
     return f'must be an HTTP header name, got "{text}"'
+
+
+def request_header_reason(name: Any) -> str | None:
+    """Why a request match (a VirtualService `headers` key, an AuthorizationPolicy
+    `request.headers[...]`) names nothing a request can carry, or None: a header name, or one of
+    the request's pseudo-headers (`ambit.httpfields.REQUEST_PSEUDO_HEADERS`)."""
+    if name in REQUEST_PSEUDO_HEADERS:
+        return None
+    if name == ":status":
+        return '":status" is a response pseudo-header: no request carries it'
+    return header_name_reason(name)
 
 
 def header_value_reason(text: str) -> str | None:

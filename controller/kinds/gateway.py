@@ -51,7 +51,10 @@ def _check_regex_value(value: dict[str, Any], path: str, errs: Errors) -> None:
 
 HTTPPathMatch = Obj({"type": Str(enum=("Exact", "PathPrefix", "RegularExpression")), "value": Str()},
                    checks=(_check_path_match,))
-HeaderMatch = Obj({"type": Str(enum=("Exact", "RegularExpression")), "name": Str(min_len=1), "value": Str()},
+# The name is Gateway API's HTTPHeaderName / HTTPQueryParamName (the CRD's pattern): a name with
+# other characters could never match (it was accepted, in the lab, and the rule never matched).
+HeaderMatch = Obj({"type": Str(enum=("Exact", "RegularExpression")),
+                   "name": Str(min_len=1, valid=header_name_reason), "value": Str()},
                   required=("name", "value"), checks=(_check_regex_value,))
 
 HTTPRouteMatch = Obj({

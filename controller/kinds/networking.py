@@ -27,10 +27,10 @@ from controller.kinds.common import (
     Strings,
     WorkloadSelector,
     check_subdomain,
-    header_name_reason,
     header_ops_checks,
     header_value_reason,
     parse_duration,
+    request_header_reason,
 )
 from controller.kinds.cors import CorsPolicy
 from controller.kinds.schema import Arr, Bool, Errors, Int, Map, Num, Obj, Str, join
@@ -45,16 +45,11 @@ Headers = Obj({
     "response": Obj({"set": HeaderValues, "add": HeaderValues, "remove": Strings}, checks=(header_ops_checks(False),)),
 })
 
-# The pseudo-headers a request match may name (Istio's ValidateHTTPHeaderNameOrJwtClaimRoute, less
-# `:status`, which no request carries: Istio accepts it and the match never holds).
-MATCH_PSEUDO_HEADERS = (":method", ":scheme", ":authority", ":path")
-
-
 def match_header_name_reason(name: Any) -> str | None:
-    """Why `name` cannot key a match's `headers` or `withoutHeaders`, or None: an HTTP header name,
-    one of the request's pseudo-headers, or a verified JWT claim (`@request.auth.claims.a.b`,
-    `@request.auth.claims[a][b]`). Anything else names a header no request can carry, so the
-    match could never hold (Istio refuses it too)."""
+    """Why `name` cannot key a match's `headers` or `withoutHeaders`, or None: a request header or
+    pseudo-header (`request_header_reason`), or a verified JWT claim (`@request.auth.claims.a.b`,
+    `@request.auth.claims[a][b]`). Anything else names nothing a request can carry, so the match
+    could never hold (Istio refuses most of them too; it accepts `:status`, which never matches)."""
     if not isinstance(name, str):
         return f"map keys must be strings, got {name!r}"
     if name.lower().startswith(CLAIM_HEADER_PREFIX):
@@ -63,11 +58,8 @@ def match_header_name_reason(name: Any) -> str | None:
             return (f'"{name}" names no JWT claim: write {CLAIM_HEADER_PREFIX}.<claim>[.<nested>...] or '
                     f"{CLAIM_HEADER_PREFIX}[<claim>][<nested>]...")
         return None
-    if name == ":status":
-        return '":status" is a response pseudo-header: no request carries it, so the match could never hold'
-    if name in MATCH_PSEUDO_HEADERS:
-        return None
-    return header_name_reason(name)
+    why = request_header_reason(name)
+    return f"{why}, so the match could never hold" if why else None
 
 
 MatchHeaders = Map(StringMatch(allow_empty=True), key=match_header_name_reason)

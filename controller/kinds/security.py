@@ -18,6 +18,7 @@ from controller.kinds.common import (
     WorkloadSelector,
     header_name_reason,
     port_key,
+    request_header_reason,
 )
 from controller.kinds.schema import Arr, Bool, Errors, Map, Obj, Str, join
 
@@ -101,6 +102,12 @@ def _check_condition(value: dict[str, Any], path: str, errs: Errors) -> None:
     if not _CONDITION_KEYS.fullmatch(key):
         errs.append((join(path, "key"), f'unknown condition key "{key}"'))
         return
+    if key.startswith("request.headers["):
+        why = request_header_reason(key[len("request.headers["):-1])
+        if why:
+            errs.append((join(path, "key"), f"{why}, so this condition could never match (a DENY with it would "
+                         "deny nothing)"))
+            return
     if not value.get("values") and not value.get("notValues"):
         errs.append((path, "one of values or notValues must be set"))
         return

@@ -141,12 +141,13 @@ def _principal(patterns: list[str], r: _Request) -> bool:
 
 
 def _headers(conds: dict[str, list[str]], r: _Request, how: str) -> bool:
-    """Every named header matches one of its values (`any_header`)."""
-    return all(any_header(vals, r.head.header(name), how) for name, vals in conds.items())
+    """Every named header (or request pseudo-header, as Envoy's RBAC reads `:authority` & co.)
+    matches one of its values (`any_header`)."""
+    return all(any_header(vals, r.head.header_or_pseudo(name), how) for name, vals in conds.items())
 
 
 def _any_header(conds: dict[str, list[str]], r: _Request, how: str) -> bool:
-    return any(any_header(vals, r.head.header(name), how) for name, vals in conds.items())
+    return any(any_header(vals, r.head.header_or_pseudo(name), how) for name, vals in conds.items())
 
 
 def match_matches(m: Match, r: _Request, *, deny: bool) -> bool:

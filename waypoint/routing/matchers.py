@@ -22,10 +22,10 @@ Semantics (Envoy's, as Istio and Gateway API configure it; see ../shared/notes/l
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ambit.httpfields import REQUEST_PSEUDO_HEADERS
 from ambit.jwtclaims import claim_values
 from ambit.model import HeaderMatch, HttpMatch, StringMatch
 from ambit.regex import compile_re2, full_match
@@ -88,11 +88,11 @@ class NamedMatcher:
     @property
     def special(self) -> bool:
         """Matched against the request's pseudo-headers or its verified claims, not its headers."""
-        return bool(self.claim) or self.name in _PSEUDO
+        return bool(self.claim) or self.name in REQUEST_PSEUDO_HEADERS
 
     def special_matches(self, head: RequestHead) -> bool:
         if not self.claim:
-            return self.matches(_PSEUDO[self.name](head))
+            return self.matches(head.header_or_pseudo(self.name))
         user = head.user
         values = claim_values(user.claims, self.claim) if user is not None else []
         held = bool(values) if self.matcher is None else any(self.matcher.matches(v) for v in values)
@@ -106,12 +106,6 @@ class NamedMatcher:
         if value is None:
             return False
         return self.matcher is None or self.matcher.matches(value)
-
-
-_PSEUDO: dict[str, Callable[[RequestHead], str]] = {
-    ":method": lambda h: h.method, ":authority": lambda h: h.authority,
-    ":path": lambda h: h.path, ":scheme": lambda h: h.scheme,
-}
 
 
 @dataclass(frozen=True, slots=True)
