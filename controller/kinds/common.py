@@ -265,6 +265,29 @@ def header_name_reason(text: Any) -> str | None:
     return f'must be an HTTP header name, got "{text}"'
 
 
+def cookie_name_reason(text: Any) -> str | None:
+    """Why `text` is not a cookie name (RFC 6265 §4.1.1: a token), or None. Another name could
+    never be found in a Cookie header, and in a Set-Cookie it would add attributes or break it."""
+    if isinstance(text, str) and _HEADER_NAME.fullmatch(text):
+        return None
+    return f'must be a cookie name (letters, digits and !#$%&\'*+-.^_`|~), got "{text}"'
+
+
+def cookie_path_reason(text: str) -> str | None:
+    """A Set-Cookie Path attribute: a ";" or a control character would add attributes or headers."""
+    if not text.startswith("/") or len(text) > 1024 or any(c == ";" or c < " " or c == "\x7f" for c in text):
+        return f'must be a path starting with "/", at most 1024 characters, without ";", got "{text[:60]}"'
+    return None
+
+
+def cookie_attribute_reason(text: str) -> str | None:
+    """A Set-Cookie attribute value: a ";" would start another attribute, a control character end
+    the header line."""
+    if any(c == ";" or (c < " " and c != "\t") or c == "\x7f" for c in text):
+        return f'must not contain ";" or control characters, got "{text[:60]}"'
+    return None
+
+
 def request_header_reason(name: Any) -> str | None:
     """Why a request match (a VirtualService `headers` key, an AuthorizationPolicy
     `request.headers[...]`) names nothing a request can carry, or None: a header name, or one of

@@ -15,6 +15,7 @@ from controller.kinds.common import (
     Regex,
     Strings,
     check_ingress_port,
+    cookie_path_reason,
     header_name_reason,
     header_ops_checks,
     header_value_reason,
@@ -255,13 +256,6 @@ def _session_name(limit: int) -> Callable[[str], str | None]:
 LIFETIME_TYPES = ("Permanent", "Session")
 
 
-def _cookie_path(text: str) -> str | None:
-    """A Set-Cookie Path attribute: a ";" or a control character would add attributes or headers."""
-    if not text.startswith("/") or len(text) > 1024 or any(c == ";" or c < " " or c == "\x7f" for c in text):
-        return f'must be a path starting with "/", at most 1024 characters, without ";", got "{text[:60]}"'
-    return None
-
-
 def _check_session(value: dict[str, Any], path: str, errs: Errors) -> None:
     """SessionPersistence's CEL rules (experimental channel), for both of its shapes: the released
     one (v1.1 to v1.6: `sessionName`, `cookieConfig`, v1.5 and older also `idleTimeout`) and the
@@ -294,7 +288,7 @@ SessionPersistence = Obj({
     "type": Str(enum=("Cookie", "Header")),
     "cookieConfig": Obj({"lifetimeType": Str(enum=LIFETIME_TYPES)}),
     "cookie": Obj({"name": Str(min_len=1, valid=_session_name(256)), "lifetimeType": Str(enum=LIFETIME_TYPES),
-                   "path": Str(valid=_cookie_path)}),
+                   "path": Str(valid=cookie_path_reason)}),
     "header": Obj({"name": Str(min_len=1, valid=_session_name(256))}, required=("name",)),
 }, checks=(_check_session,))
 

@@ -27,6 +27,10 @@ from controller.kinds.common import (
     Strings,
     WorkloadSelector,
     check_subdomain,
+    cookie_attribute_reason,
+    cookie_name_reason,
+    cookie_path_reason,
+    header_name_reason,
     header_ops_checks,
     header_value_reason,
     parse_duration,
@@ -292,9 +296,12 @@ VirtualServiceSpec = Obj({
 # -- DestinationRule --------------------------------------------------------------------------------
 
 ConsistentHash = Obj({
-    "httpHeaderName": Str(min_len=1),
-    "httpCookie": Obj({"name": Str(min_len=1), "path": Str(), "ttl": Duration(),
-                       "attributes": Arr(Obj({"name": Str(), "value": Str()}))}, required=("name",)),
+    "httpHeaderName": Str(min_len=1, valid=header_name_reason),
+    "httpCookie": Obj({"name": Str(min_len=1, valid=cookie_name_reason),
+                       "path": Str(valid=lambda p: cookie_path_reason(p) if p else None), "ttl": Duration(),
+                       "attributes": Arr(Obj({"name": Str(min_len=1, valid=cookie_name_reason),
+                                              "value": Str(valid=cookie_attribute_reason)},
+                                             required=("name",)))}, required=("name",)),
     "useSourceIp": Bool(),
     "httpQueryParameterName": Str(min_len=1),
     "ringHash": Obj({"minimumRingSize": Int(minimum=0)}),

@@ -6,7 +6,13 @@ from typing import Any
 
 from ambit.telemetryfilter import check_filter, check_value
 from ambit.telemetrymetrics import LABEL_NAME
-from controller.kinds.common import Duration, Percentage, PolicyTargetReference, WorkloadSelector
+from controller.kinds.common import (
+    Duration,
+    Percentage,
+    PolicyTargetReference,
+    WorkloadSelector,
+    header_name_reason,
+)
 from controller.kinds.schema import Arr, Bool, Errors, Map, Obj, Str, join
 
 
@@ -25,7 +31,7 @@ WorkloadMode = Str(enum=("CLIENT_AND_SERVER", "CLIENT", "SERVER"))
 CustomTag = Obj({
     "literal": Obj({"value": Str()}, required=("value",)),
     "environment": Obj({"name": Str(min_len=1), "defaultValue": Str()}, required=("name",)),
-    "header": Obj({"name": Str(min_len=1), "defaultValue": Str()}, required=("name",)),
+    "header": Obj({"name": Str(min_len=1, valid=header_name_reason), "defaultValue": Str()}, required=("name",)),
 }, one_of=(("literal", "environment", "header"),), exactly_one=True, unsupported={
     "formatter": "formatter custom tags are not supported by Ambit; use literal, environment or header",
 })

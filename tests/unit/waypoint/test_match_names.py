@@ -79,3 +79,45 @@ def test_a_gateway_api_match_name_outside_its_pattern_is_refused(kind: str, matc
 def test_gateway_api_match_names_in_the_pattern_are_accepted() -> None:
     assert errors(httproute({"headers": [{"name": "X-Env_1.v~2", "value": "a"}],
                              "queryParams": [{"name": "page", "value": "1"}]})) == []
+
+
+# -- other fields that name a header or a cookie ----------------------------------------------------
+
+def dr(hash_: dict[str, Any]) -> dict[str, Any]:
+    return {"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+            "metadata": {"name": "d", "namespace": "default"},
+            "spec": {"host": "myapp", "trafficPolicy": {"loadBalancer": {"consistentHash": hash_}}}}
+
+
+BASE_HASH = "spec.trafficPolicy.loadBalancer.consistentHash"
+
+
+@pytest.mark.parametrize("obj, path, reason", [
+    # no request carries the header: every request was hashed on nothing (spread, never sticky)
+    (dr({"httpHeaderName": "x user"}), f"{BASE_HASH}.httpHeaderName", "must be an HTTP header name"),
+    # the cookie the waypoint sets (Set-Cookie) and then looks for
+    (dr({"httpCookie": {"name": "sid;Domain=evil", "ttl": "10s"}}), f"{BASE_HASH}.httpCookie.name",
+     "must be a cookie name"),
+    (dr({"httpCookie": {"name": "sid", "ttl": "10s", "path": "/a;Secure"}}), f"{BASE_HASH}.httpCookie.path",
+     'without ";"'),
+    (dr({"httpCookie": {"name": "sid", "ttl": "10s", "attributes": [{"name": "SameSite", "value": "Lax\r\nX: 1"}]}}),
+     f"{BASE_HASH}.httpCookie.attributes[0].value", "control characters"),
+    (dr({"httpCookie": {"name": "sid", "ttl": "10s", "attributes": [{"name": "a b", "value": "1"}]}}),
+     f"{BASE_HASH}.httpCookie.attributes[0].name", "must be a cookie name"),
+    ({"apiVersion": "telemetry.istio.io/v1", "kind": "Telemetry", "metadata": {"name": "t", "namespace": "default"},
+      "spec": {"tracing": [{"customTags": {"user": {"header": {"name": "x user"}}}}]}},
+     "spec.tracing[0].customTags[user].header.name", "must be an HTTP header name"),
+    ({"apiVersion": "security.istio.io/v1", "kind": "RequestAuthentication",
+      "metadata": {"name": "ra", "namespace": "default"},
+      "spec": {"jwtRules": [{"issuer": "i", "fromCookies": ["session id"]}]}},
+     "spec.jwtRules[0].fromCookies[0]", "must be a cookie name"),
+])
+def test_a_header_or_cookie_name_that_cannot_be_is_refused(obj: dict[str, Any], path: str, reason: str) -> None:
+    [(p, why)] = errors(obj)
+    assert p == path and reason in why, (p, why)
+
+
+def test_the_cookie_fields_istio_documents_are_accepted() -> None:
+    assert errors(dr({"httpCookie": {"name": "user", "ttl": "0s", "path": "/",
+                                     "attributes": [{"name": "SameSite", "value": "Strict"}, {"name": "Secure"}]}})) == []
+    assert errors(dr({"httpHeaderName": "x-user"})) == []
