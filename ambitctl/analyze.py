@@ -47,6 +47,7 @@ from controller.waypoints.claim_routes import CLAIMS_NOT_VERIFIED
 from controller.waypoints.class_check import problems as class_problems
 from controller.waypoints.class_defaults import DEFAULTS_FOR_CLASS_LABEL
 from controller.waypoints.gateways import WAYPOINT_CLASSES
+from controller.waypoints.never_match import NEVER_MATCHES
 from controller.waypoints.params import MISSING, Parameters, check, parameters_ref
 
 Obj = dict[str, Any]
@@ -125,6 +126,9 @@ CODES: dict[str, Code] = {c.code: c for c in (
     Code("AMB0132", WARNING, "ClaimsNotVerified",
          "a VirtualService matches a JWT claim (@request.auth.claims) of a host whose waypoint verifies no "
          "token for it (no RequestAuthentication applies): the match never holds (withoutHeaders: always)"),
+    Code("AMB0133", WARNING, "NeverMatches",
+         "an AuthorizationPolicy or VirtualService matches a method in lower case or a path without its leading "
+         "\"/\": no request a client sends matches it (a DENY denies nothing, an ALLOW admits nothing)"),
 )}
 # advisory cause -> (code, the kind that must be known to say it: what is elsewhere may exist)
 _PARENT_CODES = {"ParentNotFound": ("AMB0120", "Gateway"), "NotAllowedByListeners": ("AMB0121", ""),
@@ -258,6 +262,8 @@ def _advisories(good: list[Obj], st: _State, tr: Any, cluster_domain: str, root_
             code = "AMB0126"
         elif a.cause == INBOUND_BYPASSED:
             code = "AMB0131"
+        elif a.cause == NEVER_MATCHES:
+            code = "AMB0133"
         elif a.cause == CLAIMS_NOT_VERIFIED:
             if not st.knows("RequestAuthentication"):
                 continue            # the RequestAuthentication may well exist outside the files

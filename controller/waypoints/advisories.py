@@ -72,6 +72,7 @@ from controller.waypoints.gateways import (
     waypoint_for,
 )
 from controller.waypoints.label_advisories import label_notes
+from controller.waypoints.never_match import NEVER_MATCHES, never_matching
 from controller.waypoints.through_subsets import through_subsets
 
 Obj = dict[str, Any]
@@ -182,6 +183,7 @@ def advisories(objects: list[Obj], cluster_domain: str = "cluster.local", transl
     out += ingress_mode_advisories(good, root_namespace)
     out += [Advisory(ref, path, why, NOT_ENFORCED, CLAIMS_NOT_VERIFIED)
             for ref, path, why in unverified_claim_matches(good, tr, root_namespace)]
+    out += [Advisory(ref, path, why, NOT_ENFORCED, NEVER_MATCHES) for ref, path, why in never_matching(good)]
     return out
 
 

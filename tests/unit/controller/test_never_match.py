@@ -1,0 +1,78 @@
+"""A method in lower case or a path without its "/" in an AuthorizationPolicy or a VirtualService
+matches no request (Envoy compares both as written; so does the waypoint): accepted, as Istio
+accepts them, and warned about by `ambit apply`, the object's status and `ambit analyze`
+(AMB0133), naming the field and the value meant. Before, nothing said so, and a DENY written that
+way denied nothing."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from ambitctl.analyze import analyze
+from controller.waypoints.advisories import advisories
+from tests.unit.waypoint.support import namespace, req, service
+from tests.unit.waypoint.test_authz import allowed, policies, to_service
+
+BASE = [namespace("default", **{"ambit.io/dataplane-mode": "ambient", "ambit.io/use-waypoint": "waypoint"}),
+        service("myapp", "default", {"http": 80}, ip="10.96.0.20")]
+
+
+def warned(obj: dict[str, Any]) -> dict[str, str]:
+    return {a.path: a.reason for a in advisories(BASE + [obj]) if a.cause == "NeverMatches"}
+
+
+@pytest.mark.parametrize("op, path, words", [
+    ({"methods": ["delete"]}, "methods[0]", ('"delete" matches no request', "this DENY rule denies nothing", '"DELETE"')),
+    ({"methods": ["GET", "po*"]}, "methods[1]", ('"po*"', 'write "PO*"')),
+    ({"notMethods": ["get"]}, "notMethods[0]", ("it excludes nothing from this DENY rule",)),
+    ({"paths": ["admin/*"]}, "paths[0]", ('"admin/*" matches none', 'write "/admin/*"')),
+    ({"notPaths": ["health"]}, "notPaths[0]", ('write "/health"',)),
+])
+def test_a_deny_that_can_match_nothing_is_warned_naming_the_value_meant(op: dict[str, Any], path: str,
+                                                                         words: tuple[str, ...]) -> None:
+    got = warned(to_service([{"to": [{"operation": op}]}], "DENY"))
+    why = got.pop(f"spec.rules[0].to[0].operation.{path}")
+    assert all(w in why for w in words), why
+    assert got == {}
+
+
+def test_the_warning_is_about_what_happens_the_deny_really_denies_nothing() -> None:
+    """The behaviour the warning describes, through the real translation and the waypoint's check."""
+    ps = policies(to_service([{"to": [{"operation": {"methods": ["delete"]}}]}], "DENY"))
+    assert allowed(ps, req("/", authority="myapp", method="DELETE"))
+    ps = policies(to_service([{"to": [{"operation": {"paths": ["admin/*"]}}]}], "DENY"))
+    assert allowed(ps, req("/admin/users", authority="myapp"))
+
+
+def test_an_allow_says_what_it_admits() -> None:
+    why = warned(to_service([{"to": [{"operation": {"methods": ["get"]}}]}]))["spec.rules[0].to[0].operation.methods[0]"]
+    assert "this ALLOW rule admits nothing on it" in why
+
+
+@pytest.mark.parametrize("op", [
+    {"methods": ["GET", "PURGE", "purge", "*"]},          # a lower-case custom method is a legal token: not warned
+    {"paths": ["/admin/*", "*", "*.json", "/api/{*}/x"]},
+    {"notPaths": ["/health"]},
+])
+def test_values_that_can_match_are_not_warned(op: dict[str, Any]) -> None:
+    assert warned(to_service([{"to": [{"operation": op}]}], "DENY")) == {}
+
+
+def vs(match: dict[str, Any]) -> dict[str, Any]:
+    return {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+            "metadata": {"name": "v", "namespace": "default"},
+            "spec": {"hosts": ["myapp"], "http": [{"match": [match], "route": [{"destination": {"host": "myapp"}}]}]}}
+
+
+def test_a_virtual_service_match_that_never_routes_is_warned_and_analyzed() -> None:
+    obj = vs({"method": {"exact": "post"}, "uri": {"prefix": "api/"}})
+    got = warned(obj)
+    assert set(got) == {"spec.http[0].match[0].method.exact", "spec.http[0].match[0].uri.prefix"}
+    assert all("this match never routes" in w for w in got.values())
+    codes = {(f.code, f.path) for f in analyze(BASE + [obj], complete=True)
+             if f.ref == "VirtualService/default/v" and f.code == "AMB0133"}
+    assert codes == {("AMB0133", "spec.http[0].match[0].method.exact"), ("AMB0133", "spec.http[0].match[0].uri.prefix")}
+    assert warned(vs({"method": {"exact": "POST"}, "uri": {"prefix": "/api/"}})) == {}
+    assert warned(vs({"uri": {"prefix": ""}})) == {}          # an empty prefix matches every path
