@@ -258,6 +258,37 @@ def test_allow_admits_only_its_principal_and_deny_wins(lab: Lab) -> None:
                  timeout=10, what="traffic allowed again after the policies are deleted")
 
 
+def trust_domain_policy(name: str, action: str, trust_domains: list[str]) -> dict[str, Any]:
+    return {"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+            "metadata": {"name": name, "namespace": "demo"},
+            "spec": {"selector": {"matchLabels": {"app": "echo"}}, "action": action,
+                     "rules": [{"from": [{"source": {"trustDomains": trust_domains}}]}]}}
+
+
+def test_trust_domains_are_enforced_by_ztunnel(lab: Lab) -> None:
+    """`trustDomains` at L4, no waypoint (Istio's ztunnel ignores the field): an ALLOW of the mesh's
+    trust domain admits mesh clients and refuses plaintext, which has no trust domain; a DENY of
+    any trust domain (`*`) refuses mesh clients, naming the policy."""
+    allow = trust_domain_policy("echo-allow-td", "ALLOW", [TD])
+    deny = trust_domain_policy("echo-deny-any-td", "DENY", ["*"])
+    try:
+        apply(lab, allow)
+        lab.wait_for(lambda: refused_quickly(lab, "legacy/client"), timeout=10, what="the ALLOW to refuse plaintext")
+        for _ in range(4):                      # both endpoints (round robin) enforce it
+            assert curl_code(lab, "demo/client")[0] == 0
+            assert curl_code(lab, "demo/client2")[0] == 0
+        assert refused_quickly(lab, "legacy/client")
+
+        apply(lab, deny)
+        lab.wait_for(lambda: refused_quickly(lab, "demo/client"), timeout=10, what="the DENY of any trust domain")
+        assert refused_quickly(lab, "demo/client2")
+        assert re.search(r"denied HBONE .*sa/client\).*\[policy demo/echo-deny-any-td\]", ztunnel_logs(lab))
+    finally:
+        delete(lab, allow, deny)
+    lab.wait_for(lambda: curl_code(lab, "demo/client")[0] == 0 and curl_code(lab, "legacy/client")[0] == 0,
+                 timeout=10, what="traffic allowed again after the policies are deleted")
+
+
 def peer_authn(mode: str) -> dict[str, Any]:
     return {"apiVersion": "security.istio.io/v1", "kind": "PeerAuthentication",
             "metadata": {"name": "demo-mtls", "namespace": "demo"}, "spec": {"mtls": {"mode": mode}}}
