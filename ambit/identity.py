@@ -84,6 +84,12 @@ def to_principal(value: str) -> str:
     return value[len(SCHEME):] if value.startswith(SCHEME) else value
 
 
+def trust_domain_of(value: str) -> str:
+    """The trust domain of a SPIFFE id or principal (with or without scheme), without validating:
+    what comes before the first "/" (`spiffe://td/ns/a/sa/b` and `td/ns/a/sa/b` give `td`)."""
+    return to_principal(value).split("/", 1)[0]
+
+
 def peercert_uris(cert: dict | None) -> list[str]:
     """The URI subjectAltNames of a certificate as `ssl`'s `getpeercert()` decodes it (empty when
     there is no certificate or no URI SAN): where the data plane and the config client read a

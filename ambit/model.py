@@ -355,6 +355,10 @@ class Match:
     not_principals: list[str] = field(default_factory=list)
     namespaces: list[str] = field(default_factory=list)
     not_namespaces: list[str] = field(default_factory=list)
+    # `trustDomains` / `source.trustDomain`: the trust domain of the peer's SPIFFE id, as written
+    # (exact, `prefix*`, `*suffix`, `*`); the proxies expand the mesh's trust domain and aliases.
+    trust_domains: list[str] = field(default_factory=list)
+    not_trust_domains: list[str] = field(default_factory=list)
     ip_blocks: list[str] = field(default_factory=list)
     not_ip_blocks: list[str] = field(default_factory=list)
     ports: list[int] = field(default_factory=list)

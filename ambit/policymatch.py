@@ -3,6 +3,10 @@ that one policy means the same thing wherever it is enforced.
 
 - `string_match`: Istio's StringMatch for principals, namespaces, methods, paths and hosts:
   exact, `prefix*`, `*suffix`, or `*` (any non-empty value).
+- `any_trust_domain`: `trustDomains` / `notTrustDomains` / the `source.trustDomain` condition
+  against the trust domain of the peer's SPIFFE id, the same string match (a trust domain has no
+  "/", so a wildcard never crosses one, as in Istio's `spiffe://<prefix>[^/]*<suffix>/.*`), each
+  value first expanded over the mesh's trust domain and aliases (`TrustDomains.expand_trust_domain`).
 - `in_blocks`: is an address inside one of the CIDR blocks (`ipBlocks`, `remoteIpBlocks`,
   `destination.ip`)? A block that does not parse never matches (the controller validates them).
 """
@@ -13,6 +17,8 @@ import functools
 import ipaddress
 from collections.abc import Iterable
 
+from ambit.trustdomain import TrustDomains
+
 
 def string_match(pattern: str, value: str) -> bool:
     if pattern == "*":
@@ -22,6 +28,15 @@ def string_match(pattern: str, value: str) -> bool:
     if pattern.startswith("*"):
         return value.endswith(pattern[1:])
     return value == pattern
+
+
+def any_trust_domain(patterns: Iterable[str], trust_domain: str | None, tds: TrustDomains | None) -> bool:
+    """Does one of `patterns` match `trust_domain` (None: a peer without identity, which no pattern
+    matches)? Without `tds`, the patterns are compared as written."""
+    if not trust_domain:
+        return False
+    return any(string_match(q, trust_domain) for p in patterns
+               for q in (tds.expand_trust_domain(p) if tds is not None else (p,)))
 
 
 @functools.lru_cache(maxsize=4096)

@@ -15,6 +15,11 @@ apply the same ones:
   rename); a principal whose trust domain is a wildcard (`*/ns/..`), or that is not a five-part
   SPIFFE path, is kept as written; one naming a foreign trust domain is kept as written too, and
   can never match, because foreign peers are refused first.
+* **Trust-domain values** (`source.trustDomains`, `notTrustDomains`, the `source.trustDomain`
+  condition): a value that is the trust domain or one of the aliases stands for all of them
+  (Istio's `ExpandTrustDomainAliases`); any other value, a wildcard (`*`, `prefix*`, `*suffix`)
+  included, is kept as written. Unlike a principal, `cluster.local` gets no special meaning here
+  (as in Istio): it is expanded only when it is the trust domain or an alias.
 """
 
 from __future__ import annotations
@@ -75,3 +80,7 @@ class TrustDomains:
         rest = "/".join(parts[1:])
         out = [f"{d}/{rest}" for d in self.all]
         return out if principal in out else [principal, *out]
+
+    def expand_trust_domain(self, value: str) -> tuple[str, ...]:
+        """The trust domains a policy's trust-domain value stands for; see the module docstring."""
+        return self.all if self.admits(value) else (value,)

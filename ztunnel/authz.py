@@ -13,8 +13,10 @@ Matching: a policy matches if any rule matches; a rule if all its clauses match 
 clauses matches everything; a policy without rules matches nothing); a clause if any of its
 `Match`es does; a `Match` if every non-empty positive field matches and no `not_*` field does.
 Principals and namespaces use Istio's string match (exact, `prefix*`, `*suffix`, `*` = present)
-against the source identity without its `spiffe://` scheme; a connection without identity
-(plaintext) never matches a positive principal/namespace, and never trips a negative one.
+against the source identity without its `spiffe://` scheme; trust domains (`trustDomains`,
+`source.trustDomain`) the same match against the identity's trust domain (`policymatch.any_trust_domain`).
+A connection without identity (plaintext) never matches a positive principal/namespace/trust
+domain, and never trips a negative one.
 
 L7 rules: without a waypoint ztunnel cannot see HTTP. Rules carrying HTTP attributes are skipped
 in ALLOW policies (so an ALLOW made only of L7 rules allows nothing: fail closed) and are applied
@@ -23,8 +25,9 @@ its L7 rules' L4 parts are not in the model, a DENY matches every connection.
 
 Trust domains (`trust_domains`, see `ambit.trustdomain`): given the mesh's trust domain and
 aliases, a source identity from any other trust domain is denied before any policy is looked at
-(the HBONE admission refuses it earlier still; this is the second lock), and policy principals are
-expanded over the trust domain and its aliases before they are compared, as Istio does.
+(the HBONE admission refuses it earlier still; this is the second lock), and policy principals and
+trust-domain values are expanded over the trust domain and its aliases before they are compared,
+as Istio does.
 
 Source addresses (`ConnInfo.src_ip_verified`): an address is evidence only when the network vouches
 for it. When it does not (plaintext that claims a mesh workload's address, see
@@ -44,7 +47,7 @@ from functools import lru_cache
 
 from ambit import identity as ident
 from ambit.model import Authorization, Match, PeerAuthn, Rule, Workload
-from ambit.policymatch import in_blocks, string_match
+from ambit.policymatch import any_trust_domain, in_blocks, string_match
 from ambit.policyselect import authz_selects, peer_authn_selects
 from ambit.trustdomain import TrustDomains
 
@@ -94,7 +97,8 @@ def applies(policy: Authorization, workload: Workload, root_namespace: str) -> b
 class _Source:
     principal: str | None    # schemeless, e.g. cluster.local/ns/demo/sa/client
     namespace: str | None
-    trust_domains: TrustDomains | None = None
+    trust_domains: TrustDomains | None = None     # the mesh's, to expand policy values over
+    trust_domain: str | None = None               # the source identity's, e.g. cluster.local
 
 
 def _source(conn: ConnInfo, trust_domains: TrustDomains | None = None) -> _Source:
@@ -104,7 +108,7 @@ def _source(conn: ConnInfo, trust_domains: TrustDomains | None = None) -> _Sourc
     ns = conn.src_namespace
     if ns is None:
         ns = _namespace_of(conn.src_identity)
-    return _Source(principal, ns, trust_domains)
+    return _Source(principal, ns, trust_domains, ident.trust_domain_of(principal))
 
 
 @lru_cache(maxsize=4096)
@@ -122,7 +126,7 @@ def foreign_trust_domain(identity: str | None, trust_domains: TrustDomains | Non
     identity, or nothing configured to check against)."""
     if not identity or trust_domains is None:
         return None
-    td = ident.to_principal(identity).split("/", 1)[0]
+    td = ident.trust_domain_of(identity)
     return None if trust_domains.admits(td) else td
 
 
@@ -158,6 +162,10 @@ def match_matches(m: Match, conn: ConnInfo, src: _Source, *, deny: bool = False)
     if m.namespaces and not _any_str(m.namespaces, src.namespace):
         return False
     if m.not_namespaces and _any_str(m.not_namespaces, src.namespace):
+        return False
+    if m.trust_domains and not any_trust_domain(m.trust_domains, src.trust_domain, src.trust_domains):
+        return False
+    if m.not_trust_domains and any_trust_domain(m.not_trust_domains, src.trust_domain, src.trust_domains):
         return False
     if not conn.src_ip_verified:
         if (m.ip_blocks or m.not_ip_blocks) and not deny:

@@ -25,7 +25,7 @@ from controller.kinds.schema import Arr, Bool, Errors, Map, Obj, Str, join
 
 SOURCE_FIELDS = ("principals", "notPrincipals", "requestPrincipals", "notRequestPrincipals",
                  "namespaces", "notNamespaces", "ipBlocks", "notIpBlocks", "remoteIpBlocks",
-                 "notRemoteIpBlocks", "serviceAccounts", "notServiceAccounts")
+                 "notRemoteIpBlocks", "serviceAccounts", "notServiceAccounts", "trustDomains", "notTrustDomains")
 OPERATION_FIELDS = ("hosts", "notHosts", "ports", "notPorts", "methods", "notMethods", "paths", "notPaths")
 
 
@@ -42,6 +42,21 @@ def _principals_xor_service_accounts(value: dict[str, Any], path: str, errs: Err
         errs.append((path, "serviceAccounts cannot be combined with principals"))
 
 
+def _check_trust_domain_value(text: str) -> str | None:
+    """Istio's CheckTrustDomainValues: a trust domain (the part of a SPIFFE id before `/ns/`), exact or
+    with one `*` at the start or the end (`*` alone: any), and no "/"."""
+    if text.count("*") > 1:
+        return f'at most one "*" is allowed in a trust domain, got "{text}"'
+    if "*" in text[1:-1]:
+        return f'a "*" is allowed only at the start or the end of a trust domain, got "{text}"'
+    if "/" in text:
+        return (f'a trust domain must not contain "/", got "{text}" (to match a whole identity, use '
+                "principals or the source.principal condition)")
+    return None
+
+
+TrustDomainValue = Str(min_len=1, valid=_check_trust_domain_value)
+
 Source = Obj({
     "principals": Strings, "notPrincipals": Strings,
     "requestPrincipals": Strings, "notRequestPrincipals": Strings,
@@ -49,12 +64,8 @@ Source = Obj({
     "ipBlocks": Arr(Cidr), "notIpBlocks": Arr(Cidr),
     "remoteIpBlocks": Arr(Cidr), "notRemoteIpBlocks": Arr(Cidr),
     "serviceAccounts": Strings, "notServiceAccounts": Strings,
-}, checks=(_not_empty(SOURCE_FIELDS, "a source"), _principals_xor_service_accounts), unsupported={
-    "trustDomains": 'trustDomains is not supported by Ambit yet: use principals: ["<trust-domain>/*"] '
-                    "(identities from a trust domain that is neither the mesh's nor one of its aliases are "
-                    "refused anyway)",
-    "notTrustDomains": 'notTrustDomains is not supported by Ambit yet: use notPrincipals: ["<trust-domain>/*"]',
-})
+    "trustDomains": Arr(TrustDomainValue), "notTrustDomains": Arr(TrustDomainValue),
+}, checks=(_not_empty(SOURCE_FIELDS, "a source"), _principals_xor_service_accounts))
 
 # A path template's literal segments: RFC 3986 pchars, as Istio's CheckValidPathTemplate requires.
 _PATH_LITERAL = re.compile(r"[a-zA-Z0-9\-._~%!$&'()+,;:@=]+")
@@ -90,9 +101,11 @@ Operation = Obj({
 }, checks=(_not_empty(OPERATION_FIELDS, "an operation"),))
 
 # Condition keys Istio documents (https://istio.io/latest/docs/reference/config/security/conditions/).
-L4_CONDITION_KEYS = ("source.ip", "source.namespace", "source.principal", "destination.port", "destination.ip")
+L4_CONDITION_KEYS = ("source.ip", "source.namespace", "source.principal", "source.trustDomain", "destination.port",
+                     "destination.ip")
 _CONDITION_KEYS = re.compile(
-    r"^(source\.ip|source\.namespace|source\.principal|destination\.port|destination\.ip|remote\.ip"
+    r"^(source\.ip|source\.namespace|source\.principal|source\.trustDomain|destination\.port|destination\.ip"
+    r"|remote\.ip"
     r"|connection\.sni|request\.auth\.principal|request\.auth\.audiences|request\.auth\.presenter"
     r"|request\.headers\[[^\]]+\]|request\.auth\.claims\[[^\]]+\](\[[^\]]+\])*"
     r"|request\.experimental\.auth\.groups|experimental\.envoy\.filters\..+)$")
@@ -112,7 +125,8 @@ def _check_condition(value: dict[str, Any], path: str, errs: Errors) -> None:
     if not value.get("values") and not value.get("notValues"):
         errs.append((path, "one of values or notValues must be set"))
         return
-    per_value = {"source.ip": Cidr, "destination.ip": Cidr, "remote.ip": Cidr, "destination.port": PortString}
+    per_value = {"source.ip": Cidr, "destination.ip": Cidr, "remote.ip": Cidr, "destination.port": PortString,
+                 "source.trustDomain": TrustDomainValue}
     schema = per_value.get(key)
     if schema is not None:
         for f in ("values", "notValues"):

@@ -12,6 +12,10 @@ Istio semantics that matter and are easy to get wrong:
   set so ztunnel can fail safe. Their L4 part (the same rule without the HTTP attributes, so it
   matches more broadly) is also in `rules`, marked `Rule.has_l7`: ztunnel skips those in ALLOW
   policies and applies them in DENY policies, as Istio's ztunnel does.
+- Principals and trust domains (`trustDomains`, `source.trustDomain`) go to the model as written;
+  the proxies expand them over the mesh's trust domain and aliases (`ambit.trustdomain`), which
+  they learn from MeshSettings, so an alias added later needs no retranslation. Trust domains are
+  an L4 attribute: ztunnel enforces them (Istio's ztunnel ignores them).
 """
 
 from __future__ import annotations
@@ -72,6 +76,8 @@ def _source_match(src: Obj, ns: str, trust_domain: str) -> Match:
         + _service_accounts(src.get("notServiceAccounts") or [], ns, trust_domain),
         namespaces=list(src.get("namespaces") or []),
         not_namespaces=list(src.get("notNamespaces") or []),
+        trust_domains=list(src.get("trustDomains") or []),
+        not_trust_domains=list(src.get("notTrustDomains") or []),
         ip_blocks=list(src.get("ipBlocks") or []),
         not_ip_blocks=list(src.get("notIpBlocks") or []),
     )
@@ -86,6 +92,8 @@ def _condition_match(cond: Obj) -> Match:
         return Match(namespaces=vals, not_namespaces=nots)
     if key == "source.principal":
         return Match(principals=[principal(v) for v in vals], not_principals=[principal(v) for v in nots])
+    if key == "source.trustDomain":
+        return Match(trust_domains=vals, not_trust_domains=nots)
     if key == "destination.port":
         return Match(ports=[int(v) for v in vals], not_ports=[int(v) for v in nots])
     if key == "destination.ip":

@@ -233,6 +233,21 @@ def refused_quickly(lab: Lab, pod: str) -> bool:
     return rc in (7, 52, 55, 56)
 
 
+def deny_refuses_client(lab: Lab, deny: dict[str, Any], what: str) -> None:
+    """Apply `deny` (a DENY selecting demo/echo that catches demo/client): demo/client is refused
+    from then on, and ztunnel's log names the policy."""
+    apply(lab, deny)
+    lab.wait_for(lambda: refused_quickly(lab, "demo/client"), timeout=10, what=what)
+    assert refused_quickly(lab, "demo/client")
+    name = deny["metadata"]["name"]
+    assert re.search(rf"denied HBONE .*sa/client\).*\[policy demo/{name}\]", ztunnel_logs(lab))
+
+
+def allowed_again(lab: Lab, *pods: str) -> None:
+    lab.wait_for(lambda: all(curl_code(lab, pod)[0] == 0 for pod in pods), timeout=10,
+                 what="traffic allowed again after the policies are deleted")
+
+
 def test_allow_admits_only_its_principal_and_deny_wins(lab: Lab) -> None:
     try:
         apply(lab, ALLOW_CLIENT)
@@ -248,14 +263,38 @@ def test_allow_admits_only_its_principal_and_deny_wins(lab: Lab) -> None:
         out = [r for r in lab.access_log("node1") if r["direction"] == "outbound" and r["src.workload"] == "client2"]
         assert out[-1]["policy"] == "demo/echo-allow-client", "the source side names the policy too"
 
-        apply(lab, DENY_CLIENT)
-        lab.wait_for(lambda: refused_quickly(lab, "demo/client"), timeout=10, what="the DENY to win over the ALLOW")
-        assert refused_quickly(lab, "demo/client")
-        assert re.search(r"denied HBONE .*sa/client\).*\[policy demo/echo-deny-client\]", ztunnel_logs(lab))
+        deny_refuses_client(lab, DENY_CLIENT, "the DENY to win over the ALLOW")
     finally:
         delete(lab, ALLOW_CLIENT, DENY_CLIENT)
-    lab.wait_for(lambda: curl_code(lab, "demo/client2")[0] == 0 and curl_code(lab, "demo/client")[0] == 0,
-                 timeout=10, what="traffic allowed again after the policies are deleted")
+    allowed_again(lab, "demo/client2", "demo/client")
+
+
+def trust_domain_policy(name: str, action: str, trust_domains: list[str]) -> dict[str, Any]:
+    return {"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+            "metadata": {"name": name, "namespace": "demo"},
+            "spec": {"selector": {"matchLabels": {"app": "echo"}}, "action": action,
+                     "rules": [{"from": [{"source": {"trustDomains": trust_domains}}]}]}}
+
+
+def test_trust_domains_are_enforced_by_ztunnel(lab: Lab) -> None:
+    """`trustDomains` at L4, no waypoint (Istio's ztunnel ignores the field): an ALLOW of the mesh's
+    trust domain admits mesh clients and refuses plaintext, which has no trust domain; a DENY of
+    any trust domain (`*`) refuses mesh clients, naming the policy."""
+    allow = trust_domain_policy("echo-allow-td", "ALLOW", [TD])
+    deny = trust_domain_policy("echo-deny-any-td", "DENY", ["*"])
+    try:
+        apply(lab, allow)
+        lab.wait_for(lambda: refused_quickly(lab, "legacy/client"), timeout=10, what="the ALLOW to refuse plaintext")
+        for _ in range(4):                      # both endpoints (round robin) enforce it
+            assert curl_code(lab, "demo/client")[0] == 0
+            assert curl_code(lab, "demo/client2")[0] == 0
+        assert refused_quickly(lab, "legacy/client")
+
+        deny_refuses_client(lab, deny, "the DENY of any trust domain")
+        assert refused_quickly(lab, "demo/client2")
+    finally:
+        delete(lab, allow, deny)
+    allowed_again(lab, "demo/client", "legacy/client")
 
 
 def peer_authn(mode: str) -> dict[str, Any]:

@@ -13,6 +13,9 @@ AND over the fields of one source/operation, OR over a field's values (the model
 `Rule.clauses`). End-user attributes (`requestPrincipals`, `request.auth.*`) read the `EndUser`
 that waypoint/authn verified; a request without one has no request principal and no claims, so
 `requestPrincipals: ["*"]` denies it and `notRequestPrincipals: ["*"]` matches it (Istio).
+Likewise a request whose peer has no identity (plaintext) has no principal, namespace or trust
+domain: a positive `principals`/`namespaces`/`trustDomains` never matches it, and a `not*` one never
+excludes it.
 Attributes Ambit cannot evaluate (`Match.unsupported`: connection.sni, experimental.*) never prove
 an ALLOW and always count in a DENY or AUDIT (fail safe).
 
@@ -28,7 +31,7 @@ from dataclasses import dataclass
 
 from ambit import identity as ident
 from ambit.model import Authorization, Match, Rule
-from ambit.policymatch import in_blocks, string_match
+from ambit.policymatch import any_trust_domain, in_blocks, string_match
 from ambit.trustdomain import TrustDomains
 from waypoint.authz.matching import (
     ISTIO,
@@ -182,6 +185,10 @@ def match_matches(m: Match, r: _Request, *, deny: bool) -> bool:
         return False
     if m.not_namespaces and any_namespace(m.not_namespaces, r.namespace):
         return False
+    if m.trust_domains and not any_trust_domain(m.trust_domains, _peer_trust_domain(r), r.trust_domains):
+        return False
+    if m.not_trust_domains and any_trust_domain(m.not_trust_domains, _peer_trust_domain(r), r.trust_domains):
+        return False
     if m.hosts and not any_host(m.hosts, h.authority, port_tolerant=deny):
         return False
     if m.not_hosts and any_host(m.not_hosts, h.authority, port_tolerant=not deny):
@@ -231,7 +238,13 @@ def _foreign(identity: str, tds: TrustDomains | None) -> str | None:
 @functools.lru_cache(maxsize=1024)
 def _trust_domain(identity: str) -> str:
     """The trust domain of a SPIFFE identity (a pure function of it; every request asks)."""
-    return ident.to_principal(identity).split("/", 1)[0]
+    return ident.trust_domain_of(identity)
+
+
+def _peer_trust_domain(r: _Request) -> str | None:
+    """The trust domain of the request's peer; None without one (plaintext), which no
+    `trustDomains` value matches and no `notTrustDomains` value excludes."""
+    return _trust_domain(r.principal) if r.principal is not None else None
 
 
 def rule_id(p: Authorization, head: RequestHead, down: Downstream, trust_domains: TrustDomains | None = None,

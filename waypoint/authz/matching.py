@@ -23,6 +23,9 @@
   only where that makes a DENY wider or an ALLOW narrower (see `evaluate.match_matches`).
 - Principals: the source's SPIFFE id without `spiffe://`, after expanding the policy's trust
   domain over the mesh's aliases (see `ambit.trustdomain`).
+- Trust domains (`trustDomains`, `source.trustDomain`): the trust domain of the source's SPIFFE
+  id, after expanding a value that names the mesh's trust domain or an alias over all of them
+  (`ambit.policymatch.any_trust_domain`, shared with ztunnel).
 - End-user attributes (`request.auth.principal`, `.audiences`, `.presenter`, `.claims[a][b]`):
   string matching against the verified JWT; a list claim (e.g. `groups`) matches when one of its
   string elements does, as Istio's list matcher does. No JWT: nothing matches. Request principals

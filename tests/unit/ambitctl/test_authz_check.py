@@ -183,3 +183,30 @@ def test_a_non_http_client_is_judged_by_the_waypoints_l4_view(lab_store: LabStor
     assert tcp.paths[0].hops[0].where == "waypoint default/waypoint (L4, opaque TCP)"
     rc, out, _ = run("authz", "check", "demo/client", "myapp.default", "--tcp", "-f", str(POLICIES))
     assert rc == 3 and "(TCP)" in out and "[AuthorizationPolicy default/no-admin, spec.rules[0]]" in out
+
+
+def test_trust_domain_policies_are_decided_at_ztunnel_and_at_the_waypoint() -> None:
+    """trustDomains is an L4 attribute: a DENY of every trust domain (`*`) refuses a mesh client at the
+    destination ztunnel (demo/echo has no waypoint) and at the waypoint (default/myapp), naming the
+    policy; a DENY of another trust domain denies nothing, and neither denies plaintext."""
+    def deny(name: str, ns: str, tds: list[str], target: dict | None = None) -> dict:
+        spec: dict = {"action": "DENY", "rules": [{"from": [{"source": {"trustDomains": tds}}]}]}
+        if target:
+            spec["targetRefs"] = [target]
+        return {"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+                "metadata": {"name": name, "namespace": ns}, "spec": spec}
+
+    myapp = {"kind": "Service", "group": "", "name": "myapp"}
+    for tds, allowed in ((["*"], False), (["other.td"], True)):
+        objs = OBJECTS + [deny("td-echo", "demo", tds), deny("td-myapp", "default", tds, myapp)]
+        echo = ac.check(objs, "demo/client", "echo.demo:8080")
+        assert echo.allowed is allowed, json.dumps(echo.as_dict(), indent=1)
+        via = ac.check(objs, "default/frontend", "myapp.default:80", ac.Request("GET", "/api/x"))
+        assert via.allowed is allowed, json.dumps(via.as_dict(), indent=1)
+        # plaintext (legacy is outside the mesh) has no trust domain: no trustDomains DENY catches it
+        assert ac.check(objs, "legacy/client", "echo.demo:8080").allowed
+        if not allowed:
+            assert decider(echo) == ("demo/td-echo", "spec.rules[0]")
+            assert echo.paths[0].hops[-1].where.startswith("ztunnel ")
+            assert decider(via) == ("default/td-myapp", "spec.rules[0]")
+            assert via.paths[0].hops[0].where == "waypoint default/waypoint (L7)"

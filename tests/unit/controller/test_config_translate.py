@@ -321,6 +321,23 @@ def test_service_accounts_and_spiffe_principals() -> None:
                                      Match(principals=["example.org/ns/a/sa/b"])]
 
 
+def test_trust_domains_become_l4_matches_as_written() -> None:
+    """trustDomains, notTrustDomains and `when: source.trustDomain` are L4 (ztunnel enforces them), and
+    reach the model as written: the proxies expand them over the mesh's trust domain and aliases,
+    as they do principals, so the translation does not depend on the aliases."""
+    t = translate([ap({"targetRefs": [{"kind": "Service", "group": "", "name": "reviews"}], "rules": [{
+        "from": [{"source": {"trustDomains": ["example.org", "*.corp"], "notTrustDomains": ["legacy*"]}}],
+        "when": [{"key": "source.trustDomain", "values": ["*"], "notValues": ["cluster.local"]}],
+    }]})], trust_domain="example.org")
+    assert t.errors == []
+    [a] = t.authorizations
+    want = Rule(clauses=[
+        [Match(trust_domains=["example.org", "*.corp"], not_trust_domains=["legacy*"])],
+        [Match(trust_domains=["*"], not_trust_domains=["cluster.local"])],
+    ])
+    assert (a.has_l7, a.rules, a.http_rules) == (False, [want], [want])
+
+
 # -- peer authentication --------------------------------------------------------------------------
 
 def test_peer_authentication_port_level_and_mesh_wide() -> None:

@@ -371,6 +371,38 @@ def test_authorization_policy_rejections(spec: dict, path: str, fragment: str) -
     assert [(e.path, fragment in e.reason) for e in errors] == [(path, True)], errors
 
 
+def test_trust_domain_values_istio_accepts_are_accepted() -> None:
+    """Exact, `*` (any), `prefix*`, `*suffix`: in `trustDomains`, `notTrustDomains` and the
+    `source.trustDomain` condition; a source with only trust domains is a source."""
+    values = ["cluster.local", "*", "td-*", "*.example.org"]
+    assert validate_object(ap({"rules": [{"from": [{"source": {"trustDomains": values}},
+                                                   {"source": {"notTrustDomains": values}}],
+                                          "when": [{"key": "source.trustDomain", "values": values,
+                                                    "notValues": values}]}]})) == []
+
+
+@pytest.mark.parametrize("value,reason", [
+    ("", "must not be empty"),
+    ("a*b", 'a "*" is allowed only at the start or the end of a trust domain, got "a*b"'),
+    ("*td*", 'at most one "*" is allowed in a trust domain, got "*td*"'),
+    ("**", 'at most one "*" is allowed in a trust domain, got "**"'),
+    ("cluster.local/ns/demo", 'a trust domain must not contain "/", got "cluster.local/ns/demo" (to match a whole '
+                              "identity, use principals or the source.principal condition)"),
+])
+@pytest.mark.parametrize("where,path", [
+    (lambda v: {"from": [{"source": {"trustDomains": ["ok", v]}}]}, "spec.rules[0].from[0].source.trustDomains[1]"),
+    (lambda v: {"from": [{"source": {"notTrustDomains": ["ok", v]}}]},
+     "spec.rules[0].from[0].source.notTrustDomains[1]"),
+    (lambda v: {"when": [{"key": "source.trustDomain", "values": ["ok", v]}]}, "spec.rules[0].when[0].values[1]"),
+    (lambda v: {"when": [{"key": "source.trustDomain", "notValues": ["ok", v]}]},
+     "spec.rules[0].when[0].notValues[1]"),
+])
+def test_bad_trust_domain_values_are_refused_naming_the_field(value: str, reason: str, where, path: str) -> None:
+    """Istio's CheckTrustDomainValues: non-empty, one `*` at most, only at an end, no "/"."""
+    errors = validate_object(ap({"rules": [where(value)]}))
+    assert [(e.path, e.reason) for e in errors] == [(path, reason)]
+
+
 @pytest.mark.parametrize("api_version,kind", [("security.istio.io/v1", "AuthorizationPolicy"),
                                               ("security.istio.io/v1", "RequestAuthentication"),
                                               ("telemetry.istio.io/v1", "Telemetry")])

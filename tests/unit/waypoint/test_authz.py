@@ -269,6 +269,36 @@ def test_principals_follow_trust_domain_aliases() -> None:
                        tds=TrustDomains("cluster.local", ("old.td",)))
 
 
+OLD_FRONTEND = "spiffe://old.td/ns/default/sa/frontend"
+ALIASED = TrustDomains("cluster.local", ("old.td",))
+
+
+@pytest.mark.parametrize("rule,identity,tds,ok", [
+    ({"from": [{"source": {"trustDomains": ["cluster.local"]}}]}, FRONTEND, None, True),
+    ({"from": [{"source": {"trustDomains": ["other.td"]}}]}, FRONTEND, None, False),
+    ({"from": [{"source": {"trustDomains": ["*"]}}]}, FRONTEND, None, True),
+    ({"from": [{"source": {"trustDomains": ["*"]}}]}, "", None, False),          # plaintext: no trust domain
+    ({"from": [{"source": {"trustDomains": ["clus*"]}}]}, FRONTEND, None, True),
+    ({"from": [{"source": {"trustDomains": ["*.local"]}}]}, FRONTEND, None, True),
+    ({"from": [{"source": {"trustDomains": ["*frontend"]}}]}, FRONTEND, None, False),   # not the whole identity
+    ({"from": [{"source": {"notTrustDomains": ["cluster.local"]}}]}, FRONTEND, None, False),
+    ({"from": [{"source": {"notTrustDomains": ["other.td"]}}]}, FRONTEND, None, True),
+    ({"from": [{"source": {"notTrustDomains": ["*"]}}]}, "", None, True),          # as notPrincipals
+    ({"from": [{"source": {"namespaces": ["default"], "trustDomains": ["other.td"]}}]}, FRONTEND, None, False),
+    ({"when": [{"key": "source.trustDomain", "values": ["cluster.local"]}]}, FRONTEND, None, True),
+    ({"when": [{"key": "source.trustDomain", "values": ["other.td"]}]}, FRONTEND, None, False),
+    ({"when": [{"key": "source.trustDomain", "notValues": ["cluster.*"]}]}, FRONTEND, None, False),
+    # a value naming the trust domain or an alias stands for all of them; a wildcard is kept as written
+    ({"from": [{"source": {"trustDomains": ["cluster.local"]}}]}, OLD_FRONTEND, ALIASED, True),
+    ({"when": [{"key": "source.trustDomain", "values": ["old.td"]}]}, FRONTEND, ALIASED, True),
+    ({"from": [{"source": {"notTrustDomains": ["old.td"]}}]}, FRONTEND, ALIASED, False),
+    ({"from": [{"source": {"trustDomains": ["old*"]}}]}, FRONTEND, ALIASED, False),
+])
+def test_trust_domain_fields(rule: dict[str, Any], identity: str, tds: TrustDomains | None, ok: bool) -> None:
+    assert allowed(policies(to_service([rule])), d=down(identity), tds=tds) is ok
+    assert allowed(policies(to_service([rule], action="DENY")), d=down(identity), tds=tds) is (not ok)
+
+
 def test_http_rules_survive_the_config_stream() -> None:
     [p] = seed_policy()
     back = Authorization.from_dict(p.to_dict())

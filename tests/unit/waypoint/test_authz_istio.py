@@ -156,6 +156,13 @@ def tcp_allowed(rules: list[dict[str, Any]], action: str) -> bool:
     ([{"to": [{"operation": {"methods": ["GET"]}}]}], "DENY", False),
     ([{"from": [{"source": {"namespaces": ["other"]}}], "to": [{"operation": {"methods": ["GET"]}}]}],
      "DENY", True),
+    # trust domains are an L4 attribute: they stay in the view and decide a tunnel
+    ([{"from": [{"source": {"trustDomains": ["cluster.local"]}}]}], "ALLOW", True),
+    ([{"from": [{"source": {"trustDomains": ["other.td"]}}]}], "ALLOW", False),
+    ([{"when": [{"key": "source.trustDomain", "values": ["*"]}], "to": [{"operation": {"methods": ["GET"]}}]}],
+     "DENY", False),
+    ([{"from": [{"source": {"notTrustDomains": ["cluster.local"]}}], "to": [{"operation": {"methods": ["GET"]}}]}],
+     "DENY", True),
 ])
 def test_waypoint_l4_view(rules: list[dict[str, Any]], action: str, ok: bool) -> None:
     assert tcp_allowed(rules, action) is ok

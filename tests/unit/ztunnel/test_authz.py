@@ -317,6 +317,75 @@ def test_cluster_local_in_a_policy_means_the_local_trust_domain_after_a_rename()
     assert decide_td([p], "spiffe://new.td/ns/demo/sa/client", renamed).allowed
 
 
+# --- trustDomains / notTrustDomains / `when: source.trustDomain` ----------------------------------------
+
+OLD_CLIENT = "spiffe://old.td/ns/demo/sa/client"
+
+
+@pytest.mark.parametrize("match, identity, tds, expected", [
+    (Match(trust_domains=["cluster.local"]), CLIENT, TDS, True),
+    (Match(trust_domains=["other.td"]), CLIENT, TDS, False),
+    (Match(trust_domains=["cluster"]), CLIENT, TDS, False),                # exact, not a prefix
+    (Match(trust_domains=["*"]), CLIENT, TDS, True),                       # any trust domain...
+    (Match(trust_domains=["*"]), None, TDS, False),                        # ...but plaintext has none
+    (Match(trust_domains=["cluster.*"]), CLIENT, TDS, True),               # prefix
+    (Match(trust_domains=["*.local"]), CLIENT, TDS, True),                 # suffix
+    (Match(trust_domains=["*client"]), CLIENT, TDS, False),                # the trust domain, not the identity
+    (Match(trust_domains=["other.td", "cluster.local"]), CLIENT, TDS, True),   # values ORed
+    (Match(not_trust_domains=["cluster.local"]), CLIENT, TDS, False),
+    (Match(not_trust_domains=["other.td"]), CLIENT, TDS, True),
+    (Match(not_trust_domains=["*"]), CLIENT, TDS, False),
+    (Match(not_trust_domains=["*"]), None, TDS, True),                     # as notPrincipals: "deny plaintext"
+    (Match(namespaces=["demo"], trust_domains=["other.td"]), CLIENT, TDS, False),  # fields ANDed
+    (Match(trust_domains=["cluster.local"]), CLIENT, None, True),          # no mesh settings: as written
+    # a value naming the trust domain or an alias stands for all of them (ExpandTrustDomainAliases)
+    (Match(trust_domains=["cluster.local"]), OLD_CLIENT, TDS_ALIAS, True),
+    (Match(trust_domains=["old.td"]), CLIENT, TDS_ALIAS, True),
+    (Match(not_trust_domains=["cluster.local"]), OLD_CLIENT, TDS_ALIAS, False),
+    (Match(trust_domains=["old*"]), OLD_CLIENT, TDS_ALIAS, True),
+    (Match(trust_domains=["old*"]), CLIENT, TDS_ALIAS, False),              # a wildcard is not expanded
+    # unlike a principal, `cluster.local` is no name for "this mesh" after a rename (as in Istio)
+    (Match(trust_domains=["cluster.local"]), "spiffe://new.td/ns/demo/sa/client", TrustDomains.of("new.td"), False),
+])
+def test_trust_domain_fields(match: Match, identity: str | None, tds: TrustDomains | None, expected: bool) -> None:
+    assert evaluate([pol("p", ALLOW, rule([match]))], SERVER, conn(identity), ROOT, tds).allowed is expected
+    # The same match in a DENY policy has the opposite effect.
+    assert evaluate([pol("d", DENY, rule([match]))], SERVER, conn(identity), ROOT, tds).allowed is (not expected)
+
+
+def translated_policy(action: str, rule_: dict) -> Authorization:
+    from controller.translate import translate
+    t = translate([{"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+                    "metadata": {"name": action.lower(), "namespace": "demo"},
+                    "spec": {"action": action, "rules": [rule_]}}])
+    assert t.errors == [], [str(e) for e in t.errors]
+    [a] = t.authorizations
+    return a
+
+
+@pytest.mark.parametrize("rule_, plaintext", [
+    ({"from": [{"source": {"trustDomains": ["old.td"]}}]}, False),
+    ({"when": [{"key": "source.trustDomain", "values": ["old.td"]}]}, False),
+    ({"when": [{"key": "source.trustDomain", "notValues": ["evil*"]}]}, True),
+])
+def test_trust_domains_are_enforced_by_ztunnel_without_a_waypoint(rule_: dict, plaintext: bool) -> None:
+    """An L4 attribute: an ALLOW on it admits a mesh client at ztunnel (it is no L7 rule, which an
+    ALLOW would skip), alias expanded; plaintext has no trust domain, so only a negative admits it."""
+    allow = translated_policy("ALLOW", rule_)
+    assert not allow.has_l7 and not allow.rules[0].has_l7
+    v = evaluate([allow], SERVER, conn(CLIENT), ROOT, TDS_ALIAS)
+    assert (v.allowed, v.policy) == (True, "demo/allow")
+    assert evaluate([allow], SERVER, conn(None), ROOT, TDS_ALIAS).allowed is plaintext
+
+
+def test_a_deny_on_any_trust_domain_refuses_every_mesh_client_and_not_plaintext() -> None:
+    deny = translated_policy("DENY", {"from": [{"source": {"trustDomains": ["*"]}}]})
+    v = evaluate([deny], SERVER, conn(CLIENT), ROOT, TDS_ALIAS)
+    assert (v.allowed, v.action, v.policy) == (False, DENY, "demo/deny")
+    assert not evaluate([deny], SERVER, conn(OLD_CLIENT), ROOT, TDS_ALIAS).allowed
+    assert evaluate([deny], SERVER, conn(None), ROOT, TDS_ALIAS).allowed
+
+
 # --- unverified source addresses -------------------------------------------------------------------------
 
 def test_an_unverified_address_never_proves_an_allow_and_never_escapes_a_deny() -> None:
