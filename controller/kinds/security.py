@@ -36,6 +36,24 @@ def _not_empty(fields: tuple[str, ...], what: str):
     return check
 
 
+def _check_service_account(text: str) -> str | None:
+    """Istio's CheckServiceAccount: `name` or `namespace/name`, no wildcard (a value of another
+    shape becomes a principal no identity has)."""
+    if "*" in text:
+        return f'wildcards are not allowed in a service account, got "{text}"'
+    if text.count("/") > 1 or any(not part for part in text.split("/")):
+        return f"must be 'serviceAccount' or 'namespace/serviceAccount', got \"{text}\""
+    if len(text) > 320:
+        return f"must be at most 320 characters, got {len(text)}"
+    return None
+
+
+# A value of these lists is never empty (Istio's CheckEmptyValues): "" matches no request, so an
+# ALLOW listing it admits nothing and a DENY denies nothing on it.
+Values = Arr(Str(min_len=1))
+ServiceAccounts = Arr(Str(min_len=1, valid=_check_service_account), max_items=16)
+
+
 def _principals_xor_service_accounts(value: dict[str, Any], path: str, errs: Errors) -> None:
     if (value.get("principals") or value.get("notPrincipals")) and (
             value.get("serviceAccounts") or value.get("notServiceAccounts")):
@@ -58,12 +76,12 @@ def _check_trust_domain_value(text: str) -> str | None:
 TrustDomainValue = Str(min_len=1, valid=_check_trust_domain_value)
 
 Source = Obj({
-    "principals": Strings, "notPrincipals": Strings,
-    "requestPrincipals": Strings, "notRequestPrincipals": Strings,
-    "namespaces": Strings, "notNamespaces": Strings,
+    "principals": Values, "notPrincipals": Values,
+    "requestPrincipals": Values, "notRequestPrincipals": Values,
+    "namespaces": Values, "notNamespaces": Values,
     "ipBlocks": Arr(Cidr), "notIpBlocks": Arr(Cidr),
     "remoteIpBlocks": Arr(Cidr), "notRemoteIpBlocks": Arr(Cidr),
-    "serviceAccounts": Strings, "notServiceAccounts": Strings,
+    "serviceAccounts": ServiceAccounts, "notServiceAccounts": ServiceAccounts,
     "trustDomains": Arr(TrustDomainValue), "notTrustDomains": Arr(TrustDomainValue),
 }, checks=(_not_empty(SOURCE_FIELDS, "a source"), _principals_xor_service_accounts))
 
@@ -91,12 +109,12 @@ def _check_path_template(text: str) -> str | None:
     return None
 
 
-PathTemplates = Arr(Str(valid=_check_path_template))
+PathTemplates = Arr(Str(min_len=1, valid=_check_path_template))
 
 Operation = Obj({
-    "hosts": Strings, "notHosts": Strings,
+    "hosts": Values, "notHosts": Values,
     "ports": Arr(PortString), "notPorts": Arr(PortString),
-    "methods": Strings, "notMethods": Strings,
+    "methods": Values, "notMethods": Values,
     "paths": PathTemplates, "notPaths": PathTemplates,
 }, checks=(_not_empty(OPERATION_FIELDS, "an operation"),))
 
@@ -156,6 +174,10 @@ def _check_authz(value: dict[str, Any], path: str, errs: Errors) -> None:
                          "that uses a waypoint); ztunnel cannot call an authorizer, as in Istio's ambient mode"))
     elif value.get("provider") is not None:
         errs.append((join(path, "provider"), "provider is only valid with action CUSTOM"))
+    if action in ("DENY", "CUSTOM") and not value.get("rules"):
+        # Istio's message: a policy without rules matches nothing, so it would deny (check) nothing
+        errs.append((join(path, "rules"), f"{action} action without `rules` is meaningless as it will never be "
+                     "triggered, add an empty rule `{}` if you want it be triggered for every request"))
 
 
 AuthorizationPolicySpec = Obj({

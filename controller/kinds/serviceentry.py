@@ -12,6 +12,7 @@ namespace as its endpoints (controller.translate.entrypods), with Istio's rules:
 from __future__ import annotations
 
 import ipaddress
+import re
 from typing import Any
 
 from controller.kinds.common import Cidr, Labels, Port, Strings
@@ -38,9 +39,16 @@ def _check_host(text: str) -> str | None:
         return 'invalid host "*": a ServiceEntry names hosts (a prefix wildcard "*.example.com" at most)'
     if text.startswith("*.") and len(text) > 2:
         return None
-    if "/" in text or " " in text or not text.strip("."):
+    if ":" in text:
+        return (f'a host has no port (a request or a DNS query names the host alone, so this one would match '
+                f'none): put the port in spec.ports, got "{text}"')
+    if "/" in text or " " in text or not text.strip(".") or not _HOST_CHARS.fullmatch(text):
         return f'must be a DNS name such as "api.example.com" or a wildcard "*.example.com", got "{text}"'
     return None
+
+
+# what a DNS name's labels may hold (Istio's ValidateWildcardDomain is stricter: no "_")
+_HOST_CHARS = re.compile(r"[A-Za-z0-9._*-]+")
 
 
 def _check_endpoint_address(text: str) -> str | None:

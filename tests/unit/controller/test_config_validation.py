@@ -346,10 +346,30 @@ def test_authorization_policy_fields_and_rules() -> None:
 
 
 @pytest.mark.parametrize("spec,path,fragment", [
-    ({"action": "CUSTOM", "provider": {"name": "ext"}}, "spec.action",
+    ({"action": "CUSTOM", "provider": {"name": "ext"}, "rules": [{}]}, "spec.action",
      "CUSTOM (external authorization) is enforced by waypoints and ingress gateways only, so it needs targetRefs"),
-    ({"action": "CUSTOM", "targetRefs": [{"kind": "Service", "group": "", "name": "a"}]}, "spec.provider.name",
-     "required with action CUSTOM"),
+    ({"action": "CUSTOM", "targetRefs": [{"kind": "Service", "group": "", "name": "a"}], "rules": [{}]},
+     "spec.provider.name", "required with action CUSTOM"),
+    # Istio's refusals of policies and values that match nothing: they were accepted, and a DENY (a
+    # CUSTOM check) written so denied (checked) nothing
+    ({"action": "DENY"}, "spec.rules", "DENY action without `rules` is meaningless"),
+    ({"action": "DENY", "rules": []}, "spec.rules", "add an empty rule `{}`"),
+    ({"action": "CUSTOM", "provider": {"name": "ext"}, "targetRefs": [{"kind": "Service", "group": "", "name": "a"}]},
+     "spec.rules", "CUSTOM action without `rules` is meaningless"),
+    ({"rules": [{"from": [{"source": {"principals": [""]}}]}]}, "spec.rules[0].from[0].source.principals[0]",
+     "must not be empty"),
+    ({"rules": [{"from": [{"source": {"notNamespaces": ["a", ""]}}]}]},
+     "spec.rules[0].from[0].source.notNamespaces[1]", "must not be empty"),
+    ({"rules": [{"to": [{"operation": {"paths": [""]}}]}]}, "spec.rules[0].to[0].operation.paths[0]",
+     "must not be empty"),
+    ({"rules": [{"to": [{"operation": {"methods": [""]}}]}]}, "spec.rules[0].to[0].operation.methods[0]",
+     "must not be empty"),
+    ({"rules": [{"from": [{"source": {"serviceAccounts": ["a/b/c"]}}]}]},
+     "spec.rules[0].from[0].source.serviceAccounts[0]", "'namespace/serviceAccount'"),
+    ({"rules": [{"from": [{"source": {"notServiceAccounts": ["ns/*"]}}]}]},
+     "spec.rules[0].from[0].source.notServiceAccounts[0]", "wildcards are not allowed"),
+    ({"rules": [{"from": [{"source": {"serviceAccounts": ["/sa"]}}]}]},
+     "spec.rules[0].from[0].source.serviceAccounts[0]", "'namespace/serviceAccount'"),
     ({"action": "ALLOW", "provider": {"name": "ext"}}, "spec.provider", "provider is only valid with action CUSTOM"),
     ({"selector": {"matchLabels": {"app": "a"}}, "targetRefs": [{"kind": "Service", "name": "a"}]}, "spec",
      "only one of selector, targetRef, targetRefs"),

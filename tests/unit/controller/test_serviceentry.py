@@ -133,6 +133,10 @@ def test_istios_documented_service_entries_are_accepted_and_no_longer_an_unsuppo
                                                                           "protocol": "TCP"}]},
      "spec.ports[0].protocol", "multiple hosts provided with non-HTTP, non-TLS ports"),
     ({"hosts": ["*"]}, "spec.hosts[0]", 'invalid host "*"'),
+    # a host with a port was accepted and matched no request and no DNS query (Istio refuses it)
+    ({"hosts": ["api.example.com:443"], "ports": [{"number": 443, "name": "https", "protocol": "TLS"}]},
+     "spec.hosts[0]", "a host has no port"),
+    ({"hosts": ["api.example.com?x"]}, "spec.hosts[0]", "must be a DNS name"),
     ({"hosts": ["a.example"], "ports": [{"number": 53, "name": "dns", "protocol": "udp"}]},
      "spec.ports[0].protocol", "UDP is not supported by Ambit"),
     ({"hosts": ["a.example"], "ports": [{"number": 53, "name": "x", "protocol": "QUIC"}]},

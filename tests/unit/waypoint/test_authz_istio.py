@@ -104,7 +104,7 @@ def test_hosts(rules: list[dict], action: str, authority: str, ok: bool) -> None
 @pytest.mark.parametrize("rules,action,h,identity,ok", [
     (None, "ALLOW", head(), FRONTEND, False),                                  # spec: {} allows nothing
     ([{}], "ALLOW", head(), FRONTEND, True),                                   # rules: [{}] allows all
-    (None, "DENY", head(), FRONTEND, True),                                    # a DENY without rules denies nothing
+    # (a DENY without rules would deny nothing: refused when applied, as by Istio, test_config_validation.py)
     ([{}], "DENY", head(), FRONTEND, False),
     (hosts("paths", ["/api/*"]), "ALLOW", head("/api"), FRONTEND, False),       # prefix is "/api/"
     (hosts("paths", ["*/admin"]), "DENY", head("/x/admin"), FRONTEND, False),
