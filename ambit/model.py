@@ -702,6 +702,9 @@ class TrafficPolicy:
     hash_cookie: str = ""
     hash_cookie_path: str = ""
     hash_cookie_ttl: float = 0.0
+    # httpCookie `ttl: 0s` (present and zero): a session cookie is set, without Max-Age (Envoy's
+    # Cookie.ttl); an unset ttl sets none
+    hash_cookie_session: bool = False
     hash_source_ip: bool = False
     hash_query_param: str = ""
     hash_cookie_attributes: dict[str, str] = field(default_factory=dict)

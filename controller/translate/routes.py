@@ -512,6 +512,7 @@ def flatten_policy(p: Obj) -> TrafficPolicy:
         cookie = ch.get("httpCookie") or {}
         t.hash_cookie, t.hash_cookie_path = cookie.get("name", ""), cookie.get("path", "")
         t.hash_cookie_ttl = _seconds(cookie.get("ttl"))
+        t.hash_cookie_session = cookie.get("ttl") is not None and t.hash_cookie_ttl == 0
         t.hash_source_ip = bool(ch.get("useSourceIp"))
         t.hash_query_param = ch.get("httpQueryParameterName", "")
         t.hash_cookie_attributes = {a.get("name", ""): a.get("value", "") for a in cookie.get("attributes") or []}

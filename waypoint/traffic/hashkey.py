@@ -9,8 +9,9 @@ what Envoy then hashes (envoyproxy/envoy:source/common/http/hash_policy.cc), wit
   hashed, and set on the response with `Set-Cookie: name="value"; Max-Age=TTL; Path=PATH;
   <attributes>; HttpOnly` (Envoy's `makeSetCookieValue`), so the client sticks from its next
   request on. Envoy derives the value from the connection's addresses; Ambit derives it from the
-  request's `x-request-id`, so a retry of the request hashes the same. Without `ttl` (or with a
-  zero one: the model cannot tell "0s" from "unset") a missing cookie gives no key.
+  request's `x-request-id`, so a retry of the request hashes the same. A `ttl` of `0s` sets a
+  session cookie (no Max-Age: Envoy's "if ttl is present and zero, the generated cookie will be a
+  session cookie"); without `ttl` a missing cookie gives no key.
 - `useSourceIp`: the Downstream's source address (the waypoint terminates the source ztunnel's
   tunnel, whose peer address is the client pod: the real client).
 - `httpQueryParameterName`: the first value of that query parameter; absent: no key.
@@ -73,6 +74,7 @@ class HashPolicy:
     cookie_attributes: dict[str, str] = field(default_factory=dict)
     source_ip: bool = False
     query_param: str = ""
+    cookie_session: bool = False        # ttl 0s: a session cookie is set
 
     @classmethod
     def from_policy(cls, p: TrafficPolicy) -> HashPolicy | None:
@@ -80,7 +82,7 @@ class HashPolicy:
         if p.lb != "CONSISTENT_HASH":
             return None
         return cls(p.hash_header.lower(), p.hash_cookie, p.hash_cookie_path, p.hash_cookie_ttl,
-                   dict(p.hash_cookie_attributes), p.hash_source_ip, p.hash_query_param)
+                   dict(p.hash_cookie_attributes), p.hash_source_ip, p.hash_query_param, p.hash_cookie_session)
 
     def key(self, head: RequestHead | None, down: Downstream | None,
             rng: random.Random | None = None) -> HashKey:
@@ -91,7 +93,7 @@ class HashPolicy:
             v = cookie_value(head, self.cookie) if head is not None else None
             if v is not None:
                 return HashKey(xxh64(v))
-            if self.cookie_ttl <= 0 or head is None:
+            if (self.cookie_ttl <= 0 and not self.cookie_session) or head is None:
                 return HashKey(None)
             seed = head.header("x-request-id") or str((rng or random).getrandbits(64))
             v = f"{xxh64(seed):016x}"

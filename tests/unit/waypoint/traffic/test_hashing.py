@@ -113,3 +113,25 @@ def test_cookie_key_and_generated_cookie() -> None:
     no_ttl = HashPolicy.from_policy(TrafficPolicy(lb="CONSISTENT_HASH", hash_cookie="sid"))
     assert no_ttl is not None and no_ttl.key(head(), None).value is None
     assert set_cookie_value("s", "v", "", 0) == 's="v"; HttpOnly'
+
+
+def test_a_zero_ttl_sets_a_session_cookie_as_envoy_does() -> None:
+    """`httpCookie: {name: sid, ttl: 0s}` (Istio passes the zero ttl on to Envoy, which then makes
+    a session cookie) was read as no ttl: no cookie was set, and no client ever stuck."""
+    from tests.unit.waypoint.support import translated
+    dr = {"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+          "metadata": {"name": "sticky", "namespace": "default"},
+          "spec": {"host": "myapp", "trafficPolicy": {"loadBalancer": {"consistentHash": {
+              "httpCookie": {"name": "sid", "ttl": "0s", "path": "/"}}}}}}
+    svc = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "myapp", "namespace": "default"},
+           "spec": {"clusterIP": "10.96.0.20", "selector": {"app": "myapp"}, "ports": [{"name": "http", "port": 80}]}}
+    [policy] = [wr.policy for wr in translated([svc, dr]).waypoint_routes if wr.policy is not None]
+    p = HashPolicy.from_policy(policy)
+    assert p is not None
+    k = p.key(head(("x-request-id", "r-2")), None)
+    assert k.set_cookie == f'sid="{xxh64("r-2"):016x}"; Path=/; HttpOnly'       # no Max-Age: a session cookie
+    assert k.value == xxh64(f"{xxh64('r-2'):016x}")
+    unset = {**dr, "spec": {**dr["spec"], "trafficPolicy": {"loadBalancer": {"consistentHash": {
+        "httpCookie": {"name": "sid"}}}}}}
+    [policy] = [wr.policy for wr in translated([svc, unset]).waypoint_routes if wr.policy is not None]
+    assert HashPolicy.from_policy(policy).key(head(("x-request-id", "r-2")), None).set_cookie == ""
