@@ -49,6 +49,7 @@ from controller.waypoints.class_defaults import DEFAULTS_FOR_CLASS_LABEL
 from controller.waypoints.gateways import WAYPOINT_CLASSES
 from controller.waypoints.never_match import NEVER_MATCHES
 from controller.waypoints.params import MISSING, Parameters, check, parameters_ref
+from controller.waypoints.unreachable import UNREACHABLE
 
 Obj = dict[str, Any]
 
@@ -129,6 +130,9 @@ CODES: dict[str, Code] = {c.code: c for c in (
     Code("AMB0133", WARNING, "NeverMatches",
          "an AuthorizationPolicy or VirtualService matches a method in lower case or a path without its leading "
          "\"/\": no request a client sends matches it (a DENY denies nothing, an ALLOW admits nothing)"),
+    Code("AMB0134", WARNING, "UnreachableRule",
+         "a VirtualService http rule after a rule without match, or a match (a rule) that an earlier rule's "
+         "identical match always takes first: it is never used (Istio's VirtualServiceUnreachableRule)"),
 )}
 # advisory cause -> (code, the kind that must be known to say it: what is elsewhere may exist)
 _PARENT_CODES = {"ParentNotFound": ("AMB0120", "Gateway"), "NotAllowedByListeners": ("AMB0121", ""),
@@ -264,6 +268,8 @@ def _advisories(good: list[Obj], st: _State, tr: Any, cluster_domain: str, root_
             code = "AMB0131"
         elif a.cause == NEVER_MATCHES:
             code = "AMB0133"
+        elif a.cause == UNREACHABLE:
+            code = "AMB0134"
         elif a.cause == CLAIMS_NOT_VERIFIED:
             if not st.knows("RequestAuthentication"):
                 continue            # the RequestAuthentication may well exist outside the files

@@ -74,6 +74,7 @@ from controller.waypoints.gateways import (
 from controller.waypoints.label_advisories import label_notes
 from controller.waypoints.never_match import NEVER_MATCHES, never_matching
 from controller.waypoints.through_subsets import through_subsets
+from controller.waypoints.unreachable import UNREACHABLE, unreachable_rules
 
 Obj = dict[str, Any]
 
@@ -184,6 +185,7 @@ def advisories(objects: list[Obj], cluster_domain: str = "cluster.local", transl
     out += [Advisory(ref, path, why, NOT_ENFORCED, CLAIMS_NOT_VERIFIED)
             for ref, path, why in unverified_claim_matches(good, tr, root_namespace)]
     out += [Advisory(ref, path, why, NOT_ENFORCED, NEVER_MATCHES) for ref, path, why in never_matching(good)]
+    out += [Advisory(ref, path, why, NOT_ENFORCED, UNREACHABLE) for ref, path, why in unreachable_rules(good)]
     return out
 
 

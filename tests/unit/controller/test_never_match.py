@@ -76,3 +76,26 @@ def test_a_virtual_service_match_that_never_routes_is_warned_and_analyzed() -> N
     assert codes == {("AMB0133", "spec.http[0].match[0].method.exact"), ("AMB0133", "spec.http[0].match[0].uri.prefix")}
     assert warned(vs({"method": {"exact": "POST"}, "uri": {"prefix": "/api/"}})) == {}
     assert warned(vs({"uri": {"prefix": ""}})) == {}          # an empty prefix matches every path
+
+
+def test_rules_after_a_catch_all_and_repeated_matches_are_warned_as_istio_warns() -> None:
+    """Istio's VirtualServiceUnreachableRule / VirtualServiceIneffectiveMatch: the first rule that
+    matches wins, so a block placed after a catch-all route blocks nothing."""
+    obj = {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+           "metadata": {"name": "v", "namespace": "default"},
+           "spec": {"hosts": ["myapp"], "http": [
+               {"match": [{"uri": {"prefix": "/api"}}], "route": [{"destination": {"host": "myapp"}}]},
+               {"name": "dup", "match": [{"uri": {"prefix": "/api"}, "name": "again"}, {"uri": {"exact": "/x"}}],
+                "route": [{"destination": {"host": "myapp"}}]},
+               {"match": [{"uri": {"exact": "/x"}}], "route": [{"destination": {"host": "myapp"}}]},
+               {"route": [{"destination": {"host": "myapp"}}]},
+               {"match": [{"uri": {"prefix": "/admin"}}], "directResponse": {"status": 403}}]}}
+    got = {a.path: a.reason for a in advisories(BASE + [obj]) if a.cause == "UnreachableRule"}
+    assert set(got) == {"spec.http[1].match[0]", "spec.http[2].match[0]", "spec.http[2]", "spec.http[4]"}
+    assert "spec.http[1]" not in got          # one of its matches still decides
+    assert "rule 3 before it has no match" in got["spec.http[4]"]
+    assert "all its matches are used by rules before it" in got["spec.http[2]"]
+    assert {f.code for f in analyze(BASE + [obj], complete=True) if f.path == "spec.http[4]"} == {"AMB0134"}
+    # the usual shape, a catch-all last, is not warned
+    ok = {**obj, "spec": {**obj["spec"], "http": [obj["spec"]["http"][i] for i in (0, 4, 3)]}}
+    assert [a for a in advisories(BASE + [ok]) if a.cause == "UnreachableRule"] == []

@@ -1,0 +1,60 @@
+"""VirtualService `http` rules and matches that no request can reach, as Istio's validation
+warns of them (istio pkg/config/validation `analyzeUnreachableHTTPRules`: the warnings
+VirtualServiceUnreachableRule and VirtualServiceIneffectiveMatch).
+
+Rules are tried in order and the first that matches wins, so:
+- a rule after one without `match` (which matches every request) is never reached: a
+  `directResponse: {status: 403}` for `/admin` placed after a catch-all route blocks nothing;
+- a match equal to one of an earlier rule never decides, and a rule all of whose matches are
+  such is never reached.
+
+Istio's further check (a prefix match shadowed by a shorter earlier one) is not made here.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from controller.validation import object_ref
+
+Obj = dict[str, Any]
+UNREACHABLE = "UnreachableRule"      # the advisory's cause (`ambit analyze` AMB0134)
+
+
+def _name(h: Obj, i: int) -> str:
+    return f'"{h["name"]}"' if isinstance(h.get("name"), str) and h["name"] else str(i)
+
+
+def unreachable_rules(good: list[Obj]) -> list[tuple[str, str, str]]:
+    """(object ref, field path, why) for each unreachable rule and ineffective match of the valid
+    VirtualServices."""
+    out = []
+    for o in good:
+        if o.get("kind") != "VirtualService":
+            continue
+        ref, seen, catch_all = object_ref(o), {}, -1
+        for i, h in enumerate((o.get("spec") or {}).get("http") or []):
+            matches = h.get("match") or []
+            if catch_all >= 0:
+                out.append((ref, f"spec.http[{i}]", (
+                    f"rule {_name(h, i)} is never used: rule {catch_all} before it has no match, so it takes "
+                    "every request (only the last rule may have no match)")))
+                continue
+            if not matches:
+                catch_all = i
+                continue
+            dups = 0
+            for j, m in enumerate(matches):
+                key = json.dumps({k: v for k, v in m.items() if k != "name"}, sort_keys=True)
+                if key in seen:
+                    dups += 1
+                    out.append((ref, f"spec.http[{i}].match[{j}]", (
+                        f"match {j} of rule {_name(h, i)} is never used: rule {seen[key]} before it has the same "
+                        "match, and the first rule that matches wins")))
+                else:
+                    seen[key] = i
+            if dups and dups == len(matches):
+                out.append((ref, f"spec.http[{i}]", f"rule {_name(h, i)} is never used: all its matches are "
+                            "used by rules before it"))
+    return out
