@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from controller.translate.routes import VS_REDIRECT_CODES
 from controller.validation import object_ref
 
 Obj = dict[str, Any]
@@ -36,6 +37,9 @@ def unreachable_rules(good: list[Obj]) -> list[tuple[str, str, str]]:
         ref, seen, catch_all = object_ref(o), {}, -1
         for i, h in enumerate((o.get("spec") or {}).get("http") or []):
             matches = h.get("match") or []
+            code = (h.get("redirect") or {}).get("redirectCode")
+            if code is not None and code not in VS_REDIRECT_CODES:
+                continue            # the translation drops this rule (warned): it takes nothing
             if catch_all >= 0:
                 out.append((ref, f"spec.http[{i}]", (
                     f"rule {_name(h, i)} is never used: rule {catch_all} before it has no match, so it takes "
