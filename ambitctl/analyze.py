@@ -125,8 +125,9 @@ CODES: dict[str, Code] = {c.code: c for c in (
          "a STRICT PeerAuthentication or an AuthorizationPolicy ztunnel enforces selects a pod in ingress mode "
          "(ambient.istio.io/bypass-inbound-capture): it does not apply to that pod's plaintext inbound"),
     Code("AMB0132", WARNING, "ClaimsNotVerified",
-         "a VirtualService matches a JWT claim (@request.auth.claims) of a host whose waypoint verifies no "
-         "token for it (no RequestAuthentication applies): the match never holds (withoutHeaders: always)"),
+         "a VirtualService matches a JWT claim (@request.auth.claims), or an AuthorizationPolicy a waypoint enforces "
+         "reads the JWT (requestPrincipals, request.auth.*), where the waypoint verifies no token (no "
+         "RequestAuthentication applies): it never matches (a DENY denies nothing; withoutHeaders: always holds)"),
     Code("AMB0133", WARNING, "NeverMatches",
          "an AuthorizationPolicy or VirtualService matches a method in lower case or a path without its leading "
          "\"/\": no request a client sends matches it (a DENY denies nothing, an ALLOW admits nothing)"),

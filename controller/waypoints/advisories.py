@@ -61,7 +61,11 @@ from controller.translate.routes import NOT_EXPORTED, VS_REDIRECT_CODES, Hosts, 
 from controller.translate.visibility import export_text, restricted, visible_to
 from controller.translate.waypoints import SERVES_SERVICES
 from controller.validation import object_ref, split_valid
-from controller.waypoints.claim_routes import CLAIMS_NOT_VERIFIED, unverified_claim_matches
+from controller.waypoints.claim_routes import (
+    CLAIMS_NOT_VERIFIED,
+    unverified_claim_matches,
+    unverified_policies,
+)
 from controller.waypoints.gatewayclasses import PARAMETERS_NOTE, is_class
 from controller.waypoints.gatewayclasses import accepted as class_accepted
 from controller.waypoints.gateways import (
@@ -183,7 +187,8 @@ def advisories(objects: list[Obj], cluster_domain: str = "cluster.local", transl
     out += [Advisory(ref, path, why, NOT_ENFORCED, "UnsupportedValue") for ref, path, why in through_subsets(good, tr)]
     out += ingress_mode_advisories(good, root_namespace)
     out += [Advisory(ref, path, why, NOT_ENFORCED, CLAIMS_NOT_VERIFIED)
-            for ref, path, why in unverified_claim_matches(good, tr, root_namespace)]
+            for ref, path, why in unverified_claim_matches(good, tr, root_namespace)
+                                            + unverified_policies(good, tr, root_namespace)]
     out += [Advisory(ref, path, why, NOT_ENFORCED, NEVER_MATCHES) for ref, path, why in never_matching(good)]
     out += [Advisory(ref, path, why, NOT_ENFORCED, UNREACHABLE) for ref, path, why in unreachable_rules(good)]
     return out

@@ -1,9 +1,13 @@
-"""VirtualService matches on JWT claims (`@request.auth.claims...`) where no token is verified.
+"""Matches on the verified JWT (`@request.auth.claims...` in a VirtualService; `requestPrincipals`
+and `request.auth.*` conditions in an AuthorizationPolicy a waypoint enforces) where no token is
+verified.
 
-A claim match reads the token a RequestAuthentication verified at the waypoint. Where no
-RequestAuthentication applies, no request carries claims: a `headers` claim match never holds and
-a `withoutHeaders` one always does. Istio behaves the same and says nothing; Ambit says so, naming
-the match and the waypoint, since a route that silently never matches is rarely what was meant.
+They read the token a RequestAuthentication verified at the waypoint. Where no
+RequestAuthentication applies, no request carries one: a `headers` claim match never holds and a
+`withoutHeaders` one always does; a policy's `requestPrincipals` or `request.auth.claims[...]`
+never matches, so an ALLOW rule with it admits nothing and a DENY rule denies nothing. Istio
+behaves the same and says nothing; Ambit says so, naming the field and the waypoint, since a rule
+that silently never matches is rarely what was meant.
 
 Binding is the waypoint's (waypoint/binding.py, which the controller may not import): a
 RequestAuthentication applies to a Service's requests when its targetRefs name that Service (in its
@@ -64,4 +68,65 @@ def unverified_claim_matches(good: list[Obj], tr: Any, root_namespace: str) -> l
                                 f"matches a JWT claim, but no RequestAuthentication applies to {where}: no request "
                                 f"there carries verified claims, so this condition {never}; bind a "
                                 "RequestAuthentication to the Service or the waypoint with targetRefs")))
+    return out
+
+
+def _policy_waypoints(o: Obj, tr: Any, root_namespace: str) -> list[tuple[str, bool]]:
+    """(waypoint, verified) for each waypoint a targetRefs policy is enforced by: whether some
+    RequestAuthentication applies there to the requests the policy sees."""
+    spec, ns = o.get("spec") or {}, (o.get("metadata") or {}).get("namespace", "default")
+    targets = ([spec["targetRef"]] if spec.get("targetRef") else []) + list(spec.get("targetRefs") or [])
+    services = {(sv.namespace, sv.name): sv for sv in tr.services}
+    out = []
+    for t in targets:
+        kind, name = t.get("kind", ""), t.get("name", "")
+        tns = t.get("namespace") or ns
+        if kind == "Service" and (tns, name) in services and services[(tns, name)].waypoint:
+            wp = services[(tns, name)].waypoint
+            out.append((wp, any(_binds(ra, f"{tns}/{name}", wp, root_namespace) for ra in tr.request_authns)))
+        elif kind == "Gateway":
+            wp = f"{tns}/{name}"
+            users = [f"{sv.namespace}/{sv.name}" for sv in tr.services if sv.waypoint == wp]
+            if users:
+                out.append((wp, any(_binds(ra, u, wp, root_namespace) for ra in tr.request_authns for u in users)))
+    return out
+
+
+def _token_fields(spec: Obj) -> list[tuple[str, str]]:
+    """(field path, what it reads) of each positive end-user attribute of a policy's rules."""
+    out = []
+    for i, rule in enumerate(spec.get("rules") or []):
+        for j, f in enumerate(rule.get("from") or []):
+            if (f.get("source") or {}).get("requestPrincipals"):
+                out.append((f"spec.rules[{i}].from[{j}].source.requestPrincipals", "requestPrincipals"))
+        for j, w in enumerate(rule.get("when") or []):
+            key = w.get("key", "")
+            if key.startswith("request.auth.") and w.get("values"):
+                out.append((f"spec.rules[{i}].when[{j}].values", key))
+    return out
+
+
+def unverified_policies(good: list[Obj], tr: Any, root_namespace: str) -> list[tuple[str, str, str]]:
+    """(object ref, field path, why) for each `requestPrincipals` or `request.auth.*` value of a
+    policy enforced by a waypoint where no RequestAuthentication applies."""
+    out = []
+    for o in good:
+        if o.get("kind") != "AuthorizationPolicy":
+            continue
+        spec = o.get("spec") or {}
+        fields = _token_fields(spec)
+        if not fields:
+            continue
+        bare = sorted({wp for wp, verified in _policy_waypoints(o, tr, root_namespace) if not verified})
+        if not bare:
+            continue
+        action = spec.get("action", "ALLOW")
+        effect = {"ALLOW": "an ALLOW rule with it admits nothing", "DENY": "a DENY rule with it denies nothing"}.get(
+            action, f"a {action} rule with it never matches")
+        for path, what in fields:
+            out.append((object_ref(o), path, (
+                f"{what} reads the JWT a RequestAuthentication verified, but none applies at waypoint "
+                f"{', '.join(bare)} to the requests this policy sees: no request there carries a verified token, so "
+                f"it never matches and {effect}; bind a RequestAuthentication to the Service or the waypoint with "
+                "targetRefs")))
     return out

@@ -326,3 +326,38 @@ def test_an_ingress_gateway_routes_on_claims_too() -> None:
     assert where(token(group="ga")) == "web/echo"
     assert where(None) == "web/echo"
     assert where(token(group="beta", aud="other")) == "401"
+
+
+@pytest.mark.parametrize("rule, path, effect", [
+    ({"from": [{"source": {"requestPrincipals": [f"{ISS}/*"]}}]}, "spec.rules[0].from[0].source.requestPrincipals",
+     "a DENY rule with it denies nothing"),
+    ({"when": [{"key": "request.auth.claims[group]", "values": ["banned"]}]}, "spec.rules[0].when[0].values",
+     "a DENY rule with it denies nothing"),
+])
+def test_a_policy_on_the_token_where_no_token_is_verified_is_warned(rule: dict[str, Any], path: str,
+                                                                    effect: str) -> None:
+    """A DENY on a JWT's principal or claims denies nothing where no RequestAuthentication verifies
+    a token: every request there has none. Istio says nothing."""
+    from controller.waypoints.advisories import advisories
+
+    deny = {"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+            "metadata": {"name": "no-banned", "namespace": "default"},
+            "spec": {"targetRefs": TARGET, "action": "DENY", "rules": [rule]}}
+    objs = [o for o in waypoint_objects({}, [deny]) if o["kind"] != "RequestAuthentication"]
+    [a] = [a for a in advisories(objs) if a.cause == "ClaimsNotVerified"]
+    assert (a.ref, a.path) == ("AuthorizationPolicy/default/no-banned", path)
+    assert "waypoint default/waypoint" in a.reason and effect in a.reason
+    # bound to the waypoint's Gateway, the policy to the Service: verified there, nothing to say
+    gw_bound = waypoint_objects({}, [deny])
+    for o in gw_bound:
+        if o["kind"] == "RequestAuthentication":
+            o["spec"]["targetRefs"] = [{"kind": "Gateway", "group": "gateway.networking.k8s.io", "name": "waypoint"}]
+    assert [a for a in advisories(gw_bound) if a.cause == "ClaimsNotVerified"] == []
+    # and the policy bound to the Gateway, the token verified for myapp: requests to myapp carry it
+    at_gw = {**deny, "spec": {**deny["spec"], "targetRefs": [{"kind": "Gateway", "group": "gateway.networking.k8s.io",
+                                                               "name": "waypoint"}]}}
+    assert [a for a in advisories(waypoint_objects({}, [at_gw])) if a.cause == "ClaimsNotVerified"] == []
+    # notRequestPrincipals ("require a token") is not warned: it denies every request, visibly
+    require = {**deny, "spec": {**deny["spec"], "rules": [{"from": [{"source": {"notRequestPrincipals": ["*"]}}]}]}}
+    assert [a for a in advisories([o for o in waypoint_objects({}, [require]) if o["kind"] != "RequestAuthentication"])
+            if a.cause == "ClaimsNotVerified"] == []
