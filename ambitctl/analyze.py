@@ -49,6 +49,7 @@ from controller.waypoints.class_defaults import DEFAULTS_FOR_CLASS_LABEL
 from controller.waypoints.gateways import WAYPOINT_CLASSES
 from controller.waypoints.never_match import NEVER_MATCHES
 from controller.waypoints.params import MISSING, Parameters, check, parameters_ref
+from controller.waypoints.unenrolled import NOT_ENROLLED
 from controller.waypoints.unreachable import UNREACHABLE
 
 Obj = dict[str, Any]
@@ -134,6 +135,9 @@ CODES: dict[str, Code] = {c.code: c for c in (
     Code("AMB0134", WARNING, "UnreachableRule",
          "a VirtualService http rule after a rule without match, or a match (a rule) that an earlier rule's "
          "identical match always takes first: it is never used (Istio's VirtualServiceUnreachableRule)"),
+    Code("AMB0137", WARNING, "PodsNotInMesh",
+         "a PeerAuthentication or an AuthorizationPolicy ztunnel enforces selects only pods that are not enrolled in "
+         "the mesh: ztunnel never sees their traffic, so it is enforced nowhere (Istio: IST0102 NamespaceNotInjected)"),
 )}
 # advisory cause -> (code, the kind that must be known to say it: what is elsewhere may exist)
 _PARENT_CODES = {"ParentNotFound": ("AMB0120", "Gateway"), "NotAllowedByListeners": ("AMB0121", ""),
@@ -271,6 +275,10 @@ def _advisories(good: list[Obj], st: _State, tr: Any, cluster_domain: str, root_
             code = "AMB0133"
         elif a.cause == UNREACHABLE:
             code = "AMB0134"
+        elif a.cause == NOT_ENROLLED:
+            if not st.knows("Pod"):
+                continue            # the enrolled pods may well exist outside the files
+            code = "AMB0137"
         elif a.cause == CLAIMS_NOT_VERIFIED:
             if not st.knows("RequestAuthentication"):
                 continue            # the RequestAuthentication may well exist outside the files

@@ -78,6 +78,7 @@ from controller.waypoints.gateways import (
 from controller.waypoints.label_advisories import label_notes
 from controller.waypoints.never_match import NEVER_MATCHES, never_matching
 from controller.waypoints.through_subsets import through_subsets
+from controller.waypoints.unenrolled import NOT_ENROLLED, unenrolled_policies
 from controller.waypoints.unreachable import UNREACHABLE, unreachable_rules
 
 Obj = dict[str, Any]
@@ -191,6 +192,8 @@ def advisories(objects: list[Obj], cluster_domain: str = "cluster.local", transl
                                             + unverified_policies(good, tr, root_namespace)]
     out += [Advisory(ref, path, why, NOT_ENFORCED, NEVER_MATCHES) for ref, path, why in never_matching(good)]
     out += [Advisory(ref, path, why, NOT_ENFORCED, UNREACHABLE) for ref, path, why in unreachable_rules(good)]
+    out += [Advisory(ref, path, why, NOT_ENFORCED, NOT_ENROLLED)
+            for ref, path, why in unenrolled_policies(good, tr, root_namespace)]
     return out
 
 
