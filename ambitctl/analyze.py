@@ -50,6 +50,7 @@ from controller.waypoints.gateways import WAYPOINT_CLASSES
 from controller.waypoints.never_match import NEVER_MATCHES
 from controller.waypoints.params import MISSING, Parameters, check, parameters_ref
 from controller.waypoints.unenrolled import NOT_ENROLLED
+from controller.waypoints.unknown_keys import UNKNOWN_KEY
 from controller.waypoints.unreachable import UNREACHABLE
 
 Obj = dict[str, Any]
@@ -138,6 +139,9 @@ CODES: dict[str, Code] = {c.code: c for c in (
     Code("AMB0137", WARNING, "PodsNotInMesh",
          "a PeerAuthentication or an AuthorizationPolicy ztunnel enforces selects only pods that are not enrolled in "
          "the mesh: ztunnel never sees their traffic, so it is enforced nowhere (Istio: IST0102 NamespaceNotInjected)"),
+    Code("AMB0138", WARNING, "UnknownAmbitKey",
+         "an ambit.io/ label or annotation of a Namespace, Pod or Service that Ambit does not read there (a typo, "
+         "an annotation where Ambit reads a label, or a key of another kind): it is ignored"),
 )}
 # advisory cause -> (code, the kind that must be known to say it: what is elsewhere may exist)
 _PARENT_CODES = {"ParentNotFound": ("AMB0120", "Gateway"), "NotAllowedByListeners": ("AMB0121", ""),
@@ -275,6 +279,8 @@ def _advisories(good: list[Obj], st: _State, tr: Any, cluster_domain: str, root_
             code = "AMB0133"
         elif a.cause == UNREACHABLE:
             code = "AMB0134"
+        elif a.cause == UNKNOWN_KEY:
+            code = "AMB0138"
         elif a.cause == NOT_ENROLLED:
             if not st.knows("Pod"):
                 continue            # the enrolled pods may well exist outside the files
