@@ -46,6 +46,7 @@ from controller.waypoints.advisories import (
 from controller.waypoints.claim_routes import CLAIMS_NOT_VERIFIED
 from controller.waypoints.class_check import problems as class_problems
 from controller.waypoints.class_defaults import DEFAULTS_FOR_CLASS_LABEL
+from controller.waypoints.gateway_hosts import HOST_NOT_IN_GATEWAY
 from controller.waypoints.gateways import WAYPOINT_CLASSES
 from controller.waypoints.never_match import NEVER_MATCHES
 from controller.waypoints.params import MISSING, Parameters, check, parameters_ref
@@ -134,6 +135,9 @@ CODES: dict[str, Code] = {c.code: c for c in (
     Code("AMB0134", WARNING, "UnreachableRule",
          "a VirtualService http rule after a rule without match, or a match (a rule) that an earlier rule's "
          "identical match always takes first: it is never used (Istio's VirtualServiceUnreachableRule)"),
+    Code("AMB0135", WARNING, "HostNotInGateway",
+         "a VirtualService bound to an Istio Gateway (spec.gateways) names no host that one of that Gateway's servers "
+         "names: its routes are served nowhere at that Gateway (Istio's VirtualServiceHostNotFoundInGateway)"),
 )}
 # advisory cause -> (code, the kind that must be known to say it: what is elsewhere may exist)
 _PARENT_CODES = {"ParentNotFound": ("AMB0120", "Gateway"), "NotAllowedByListeners": ("AMB0121", ""),
@@ -271,6 +275,8 @@ def _advisories(good: list[Obj], st: _State, tr: Any, cluster_domain: str, root_
             code = "AMB0133"
         elif a.cause == UNREACHABLE:
             code = "AMB0134"
+        elif a.cause == HOST_NOT_IN_GATEWAY:
+            code = "AMB0135"
         elif a.cause == CLAIMS_NOT_VERIFIED:
             if not st.knows("RequestAuthentication"):
                 continue            # the RequestAuthentication may well exist outside the files
