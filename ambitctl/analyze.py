@@ -46,6 +46,7 @@ from controller.waypoints.advisories import (
 from controller.waypoints.claim_routes import CLAIMS_NOT_VERIFIED
 from controller.waypoints.class_check import problems as class_problems
 from controller.waypoints.class_defaults import DEFAULTS_FOR_CLASS_LABEL
+from controller.waypoints.gateway_hosts import HOST_NOT_IN_GATEWAY
 from controller.waypoints.gateways import WAYPOINT_CLASSES
 from controller.waypoints.never_match import NEVER_MATCHES
 from controller.waypoints.params import MISSING, Parameters, check, parameters_ref
@@ -136,6 +137,9 @@ CODES: dict[str, Code] = {c.code: c for c in (
     Code("AMB0134", WARNING, "UnreachableRule",
          "a VirtualService http rule after a rule without match, or a match (a rule) that an earlier rule's "
          "identical match always takes first: it is never used (Istio's VirtualServiceUnreachableRule)"),
+    Code("AMB0135", WARNING, "HostNotInGateway",
+         "a VirtualService bound to an Istio Gateway (spec.gateways) names no host that one of that Gateway's servers "
+         "names: its routes are served nowhere at that Gateway (Istio's VirtualServiceHostNotFoundInGateway)"),
     Code("AMB0137", WARNING, "PodsNotInMesh",
          "a PeerAuthentication or an AuthorizationPolicy ztunnel enforces selects only pods that are not enrolled in "
          "the mesh: ztunnel never sees their traffic, so it is enforced nowhere (Istio: IST0102 NamespaceNotInjected)"),
@@ -279,6 +283,8 @@ def _advisories(good: list[Obj], st: _State, tr: Any, cluster_domain: str, root_
             code = "AMB0133"
         elif a.cause == UNREACHABLE:
             code = "AMB0134"
+        elif a.cause == HOST_NOT_IN_GATEWAY:
+            code = "AMB0135"
         elif a.cause == UNKNOWN_KEY:
             code = "AMB0138"
         elif a.cause == NOT_ENROLLED:

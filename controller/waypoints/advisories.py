@@ -66,6 +66,7 @@ from controller.waypoints.claim_routes import (
     unverified_claim_matches,
     unverified_policies,
 )
+from controller.waypoints.gateway_hosts import HOST_NOT_IN_GATEWAY, hosts_not_in_gateway
 from controller.waypoints.gatewayclasses import PARAMETERS_NOTE, is_class
 from controller.waypoints.gatewayclasses import accepted as class_accepted
 from controller.waypoints.gateways import (
@@ -193,6 +194,7 @@ def advisories(objects: list[Obj], cluster_domain: str = "cluster.local", transl
                                             + unverified_policies(good, tr, root_namespace)]
     out += [Advisory(ref, path, why, NOT_ENFORCED, NEVER_MATCHES) for ref, path, why in never_matching(good)]
     out += [Advisory(ref, path, why, NOT_ENFORCED, UNREACHABLE) for ref, path, why in unreachable_rules(good)]
+    out += [Advisory(ref, path, why, NOT_ENFORCED, HOST_NOT_IN_GATEWAY) for ref, path, why in hosts_not_in_gateway(good, tr)]
     out += [Advisory(ref, path, why, NOT_ENFORCED, NOT_ENROLLED)
             for ref, path, why in unenrolled_policies(good, tr, root_namespace)]
     out += [Advisory(ref, path, why, NOT_ENFORCED, UNKNOWN_KEY) for ref, path, why in unknown_keys(good)]
