@@ -804,10 +804,37 @@ def cmd_upgrade(args: argparse.Namespace) -> int:
         print(f"upgrade {why}", file=sys.stderr)
         if not ok:
             return 1
+        if not config_precheck(k, target_version(o), args.force):
+            return 1
         return run_apply(k, o, sys.stdout, args.dry_run, show_diff=True, previous=prev)
     except (InstallError, ka.KubeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+
+
+def config_precheck(k: Any, version: str, force: bool) -> bool:
+    """The cluster's configuration judged by this version's validation, before its controller takes
+    over: an object it refuses has no last good version in a controller that has just started, so it
+    would not be in force after the upgrade (a refused AuthorizationPolicy is as good as deleted).
+    Lists each refusal (object, field, reason) and stops the upgrade, unless `force`."""
+    from ambitctl import cluster
+    from controller.validation import validate_object
+    try:
+        objs = cluster.cluster_objects(k.api)
+    except cluster.TargetError as e:
+        raise InstallError(f"cannot read the cluster's configuration to check it: {e}") from None
+    refused = [e for o in objs for e in validate_object(o)]
+    if not refused:
+        return True
+    refs = sorted({e.ref for e in refused})
+    print(f"{'warning' if force else 'error'}: Ambit {version} refuses {len(refs)} object(s) of this cluster; after "
+          "the upgrade they would not be in force (fix them first, `ambit analyze -A` lists them as AMB0001):",
+          file=sys.stderr)
+    for e in refused:
+        print(f"  {e}", file=sys.stderr)
+    if force:
+        print("warning: upgrading anyway (--force)", file=sys.stderr)
+    return force
 
 
 def cmd_uninstall(args: argparse.Namespace) -> int:

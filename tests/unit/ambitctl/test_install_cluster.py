@@ -179,3 +179,30 @@ def test_an_image_tag_that_is_no_version_needs_force(emu: KubeEmulator, capsys: 
     for image in ("reg:5000/ambit", f"reg/ambit@sha256:{'0' * 64}"):
         rc, _, err = run(capsys, emu, "upgrade", "--image", image, "--dry-run")
         assert rc == 0 and "compatible" in err, (image, err)
+
+
+def test_upgrade_stops_when_this_version_refuses_configuration_the_cluster_holds(
+        emu: KubeEmulator, capsys: pytest.CaptureFixture[str]) -> None:
+    """An object the new version's validation refuses has no last good version in the controller the
+    upgrade starts, so it would silently stop being in force (a refused AuthorizationPolicy is as
+    good as deleted). `ambit upgrade` (and its --dry-run) names each refusal first, and stops."""
+    assert run(capsys, emu, "install", "--image", "ambit:0.1.0")[0] == 0
+    # written by a client that skipped this version's checks (an older Ambit, kubectl without the CRD schema)
+    emu.create({"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+                "metadata": {"name": "block-admin", "namespace": "shop"},
+                "spec": {"action": "DENY", "targetRefs": [{"kind": "Service", "group": "", "name": "api"}]}})
+    emu.create({"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+                "metadata": {"name": "fine", "namespace": "shop"},
+                "spec": {"rules": [{"from": [{"source": {"namespaces": ["shop"]}}]}]}})
+    for extra in ((), ("--dry-run",)):
+        rc, out, err = run(capsys, emu, "upgrade", "--image", "ambit:0.2.0", *extra)
+        assert rc == 1, err
+        assert "refuses 1 object(s) of this cluster" in err
+        assert "AuthorizationPolicy/shop/block-admin: spec.rules: DENY action without `rules` is meaningless" in err
+        assert "shop/fine" not in err
+    ds = emu.get("apps/v1", "DaemonSet", "ambit-node", "ambit-system")
+    assert ds is not None and ds["spec"]["template"]["spec"]["containers"][0]["image"] == "ambit:0.1.0"
+    rc, _, err = run(capsys, emu, "upgrade", "--image", "ambit:0.2.0", "--force")
+    assert rc == 0 and "upgrading anyway (--force)" in err
+    ds = emu.get("apps/v1", "DaemonSet", "ambit-node", "ambit-system")
+    assert ds is not None and ds["spec"]["template"]["spec"]["containers"][0]["image"] == "ambit:0.2.0"
