@@ -49,6 +49,7 @@ from controller.waypoints.class_defaults import DEFAULTS_FOR_CLASS_LABEL
 from controller.waypoints.gateways import WAYPOINT_CLASSES
 from controller.waypoints.never_match import NEVER_MATCHES
 from controller.waypoints.params import MISSING, Parameters, check, parameters_ref
+from controller.waypoints.port_refs import PORT_NOT_FOUND
 from controller.waypoints.unreachable import UNREACHABLE
 
 Obj = dict[str, Any]
@@ -134,6 +135,11 @@ CODES: dict[str, Code] = {c.code: c for c in (
     Code("AMB0134", WARNING, "UnreachableRule",
          "a VirtualService http rule after a rule without match, or a match (a rule) that an earlier rule's "
          "identical match always takes first: it is never used (Istio's VirtualServiceUnreachableRule)"),
+    Code("AMB0136", WARNING, "PortNotFound",
+         "a port that matches nothing: a VirtualService match or route destination port, a DestinationRule "
+         "portLevelSettings port or a targetRefs AuthorizationPolicy port that is not a port of the Service (a "
+         "targetPort written for the Service port a waypoint compares), or a selector AuthorizationPolicy port or "
+         "PeerAuthentication portLevelMtls key that is a Service port, not the pods' (ztunnel compares the pod's)"),
 )}
 # advisory cause -> (code, the kind that must be known to say it: what is elsewhere may exist)
 _PARENT_CODES = {"ParentNotFound": ("AMB0120", "Gateway"), "NotAllowedByListeners": ("AMB0121", ""),
@@ -271,6 +277,10 @@ def _advisories(good: list[Obj], st: _State, tr: Any, cluster_domain: str, root_
             code = "AMB0133"
         elif a.cause == UNREACHABLE:
             code = "AMB0134"
+        elif a.cause == PORT_NOT_FOUND:
+            if not (st.knows("Service") or st.knows("ServiceEntry")):
+                continue            # the Service's ports are not known offline
+            code = "AMB0136"
         elif a.cause == CLAIMS_NOT_VERIFIED:
             if not st.knows("RequestAuthentication"):
                 continue            # the RequestAuthentication may well exist outside the files

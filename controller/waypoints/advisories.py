@@ -77,6 +77,7 @@ from controller.waypoints.gateways import (
 )
 from controller.waypoints.label_advisories import label_notes
 from controller.waypoints.never_match import NEVER_MATCHES, never_matching
+from controller.waypoints.port_refs import PORT_NOT_FOUND, port_mismatches
 from controller.waypoints.through_subsets import through_subsets
 from controller.waypoints.unreachable import UNREACHABLE, unreachable_rules
 
@@ -191,6 +192,7 @@ def advisories(objects: list[Obj], cluster_domain: str = "cluster.local", transl
                                             + unverified_policies(good, tr, root_namespace)]
     out += [Advisory(ref, path, why, NOT_ENFORCED, NEVER_MATCHES) for ref, path, why in never_matching(good)]
     out += [Advisory(ref, path, why, NOT_ENFORCED, UNREACHABLE) for ref, path, why in unreachable_rules(good)]
+    out += [Advisory(ref, path, why, NOT_ENFORCED, PORT_NOT_FOUND) for ref, path, why in port_mismatches(good, tr, hosts, root_namespace)]
     return out
 
 
