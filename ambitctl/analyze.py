@@ -50,6 +50,7 @@ from controller.waypoints.gateway_hosts import HOST_NOT_IN_GATEWAY
 from controller.waypoints.gateways import WAYPOINT_CLASSES
 from controller.waypoints.never_match import NEVER_MATCHES
 from controller.waypoints.params import MISSING, Parameters, check, parameters_ref
+from controller.waypoints.port_refs import PORT_NOT_FOUND
 from controller.waypoints.unenrolled import NOT_ENROLLED
 from controller.waypoints.unknown_keys import UNKNOWN_KEY
 from controller.waypoints.unreachable import UNREACHABLE
@@ -140,6 +141,11 @@ CODES: dict[str, Code] = {c.code: c for c in (
     Code("AMB0135", WARNING, "HostNotInGateway",
          "a VirtualService bound to an Istio Gateway (spec.gateways) names no host that one of that Gateway's servers "
          "names: its routes are served nowhere at that Gateway (Istio's VirtualServiceHostNotFoundInGateway)"),
+    Code("AMB0136", WARNING, "PortNotFound",
+         "a port that matches nothing: a VirtualService match or route destination port, a DestinationRule "
+         "portLevelSettings port or a targetRefs AuthorizationPolicy port that is not a port of the Service (a "
+         "targetPort written for the Service port a waypoint compares), or a selector AuthorizationPolicy port or "
+         "PeerAuthentication portLevelMtls key that is a Service port, not the pods' (ztunnel compares the pod's)"),
     Code("AMB0137", WARNING, "PodsNotInMesh",
          "a PeerAuthentication or an AuthorizationPolicy ztunnel enforces selects only pods that are not enrolled in "
          "the mesh: ztunnel never sees their traffic, so it is enforced nowhere (Istio: IST0102 NamespaceNotInjected)"),
@@ -291,6 +297,10 @@ def _advisories(good: list[Obj], st: _State, tr: Any, cluster_domain: str, root_
             if not st.knows("Pod"):
                 continue            # the enrolled pods may well exist outside the files
             code = "AMB0137"
+        elif a.cause == PORT_NOT_FOUND:
+            if not (st.knows("Service") or st.knows("ServiceEntry")):
+                continue            # the Service's ports are not known offline
+            code = "AMB0136"
         elif a.cause == CLAIMS_NOT_VERIFIED:
             if not st.knows("RequestAuthentication"):
                 continue            # the RequestAuthentication may well exist outside the files

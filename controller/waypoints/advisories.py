@@ -78,6 +78,7 @@ from controller.waypoints.gateways import (
 )
 from controller.waypoints.label_advisories import label_notes
 from controller.waypoints.never_match import NEVER_MATCHES, never_matching
+from controller.waypoints.port_refs import PORT_NOT_FOUND, port_mismatches
 from controller.waypoints.through_subsets import through_subsets
 from controller.waypoints.unenrolled import NOT_ENROLLED, unenrolled_policies
 from controller.waypoints.unknown_keys import UNKNOWN_KEY, unknown_keys
@@ -198,6 +199,7 @@ def advisories(objects: list[Obj], cluster_domain: str = "cluster.local", transl
     out += [Advisory(ref, path, why, NOT_ENFORCED, NOT_ENROLLED)
             for ref, path, why in unenrolled_policies(good, tr, root_namespace)]
     out += [Advisory(ref, path, why, NOT_ENFORCED, UNKNOWN_KEY) for ref, path, why in unknown_keys(good)]
+    out += [Advisory(ref, path, why, NOT_ENFORCED, PORT_NOT_FOUND) for ref, path, why in port_mismatches(good, tr, hosts, root_namespace)]
     return out
 
 

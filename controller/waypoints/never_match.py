@@ -41,7 +41,8 @@ def path_problem(value: str) -> tuple[str, str] | None:
     return f'a request path starts with "/", so "{value}" matches none', f"/{value}"
 
 
-def _effect(action: str, negative: bool) -> str:
+def rule_effect(action: str, negative: bool) -> str:
+    """What a policy value that never matches does to its rule (`negative`: a not* value)."""
     if negative:
         return f"it excludes nothing from this {action} rule"
     return {"DENY": "this DENY rule denies nothing on it", "ALLOW": "this ALLOW rule admits nothing on it"}.get(
@@ -62,7 +63,7 @@ def _policy(o: Obj) -> list[tuple[str, str, str]]:
                     if problem:
                         why, meant = problem
                         out.append((object_ref(o), f"spec.rules[{i}].to[{j}].operation.{field}[{k}]",
-                                    f'{why}: {_effect(action, field.startswith("not"))}; write "{meant}"'))
+                                    f'{why}: {rule_effect(action, field.startswith("not"))}; write "{meant}"'))
     return out
 
 
