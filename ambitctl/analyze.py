@@ -254,6 +254,22 @@ def _dedupe(found: list[Finding]) -> list[Finding]:
 
 # -- advisories (controller.waypoints.advisories) ------------------------------------------------------
 
+# advisory cause -> (code, the kinds one of which must be known to say it offline: the files may not
+# hold what the judgement depends on, which may well exist elsewhere)
+_CAUSE_CODES: dict[str, tuple[str, tuple[str, ...]]] = {
+    NOT_EXPORTED: ("AMB0124", ()),
+    OUTSIDE_WAYPOINT_SCOPE: ("AMB0126", ()),
+    INVALID_CREDENTIAL: ("AMB0130", ("Secret",)),
+    INBOUND_BYPASSED: ("AMB0131", ()),
+    CLAIMS_NOT_VERIFIED: ("AMB0132", ("RequestAuthentication",)),
+    NEVER_MATCHES: ("AMB0133", ()),
+    UNREACHABLE: ("AMB0134", ()),
+    HOST_NOT_IN_GATEWAY: ("AMB0135", ()),
+    PORT_NOT_FOUND: ("AMB0136", ("Service", "ServiceEntry")),
+    NOT_ENROLLED: ("AMB0137", ("Pod",)),
+    UNKNOWN_KEY: ("AMB0138", ()),
+}
+
 def _advisories(good: list[Obj], st: _State, tr: Any, cluster_domain: str, root_namespace: str) -> list[Finding]:
     out = []
     by_ref = {object_ref(o): o for o in good}
@@ -275,40 +291,14 @@ def _advisories(good: list[Obj], st: _State, tr: Any, cluster_domain: str, root_
             if not st.knows("Service"):
                 continue            # "no Service named ... is known": nothing is known offline
             code = "AMB0111"
-        elif a.cause == NOT_EXPORTED:
-            code = "AMB0124"
         elif a.cause in (BTLS_NOT_APPLIED, BTLS_OVERRIDDEN):
             if "does not exist" in a.reason and not st.knows("ServiceEntry"):
                 continue            # the ServiceEntry may well exist outside the files
             code = "AMB0125"
-        elif a.cause == OUTSIDE_WAYPOINT_SCOPE:
-            code = "AMB0126"
-        elif a.cause == INBOUND_BYPASSED:
-            code = "AMB0131"
-        elif a.cause == NEVER_MATCHES:
-            code = "AMB0133"
-        elif a.cause == UNREACHABLE:
-            code = "AMB0134"
-        elif a.cause == HOST_NOT_IN_GATEWAY:
-            code = "AMB0135"
-        elif a.cause == UNKNOWN_KEY:
-            code = "AMB0138"
-        elif a.cause == NOT_ENROLLED:
-            if not st.knows("Pod"):
-                continue            # the enrolled pods may well exist outside the files
-            code = "AMB0137"
-        elif a.cause == PORT_NOT_FOUND:
-            if not (st.knows("Service") or st.knows("ServiceEntry")):
-                continue            # the Service's ports are not known offline
-            code = "AMB0136"
-        elif a.cause == CLAIMS_NOT_VERIFIED:
-            if not st.knows("RequestAuthentication"):
-                continue            # the RequestAuthentication may well exist outside the files
-            code = "AMB0132"
-        elif a.cause == INVALID_CREDENTIAL:
-            if not st.knows("Secret"):
-                continue            # the Secrets are not in the files: they may well exist in the cluster
-            code = "AMB0130"
+        elif a.cause in _CAUSE_CODES:
+            code, needed = _CAUSE_CODES[a.cause]
+            if needed and not any(st.knows(k) for k in needed):
+                continue            # what it depends on may well exist outside the files
         elif a.cause in _DELEGATE_CAUSES:
             if a.cause != "DelegateNotApplied" and not st.complete:
                 continue            # the delegate (the root that uses it) may well be in other files
