@@ -171,7 +171,9 @@ def _server_listeners(gw: Obj, server: Obj, index: int, ingress_ns: str, secrets
     for host in server["hosts"]:
         allowed_ns, hostname = _host_parts(host, ns_of(gw))
         if port["protocol"] in ("TLS", "TCP"):
-            mine = [(vs, rs) for vs, rs in services if allowed_ns in ("*", ns_of(vs))]
+            # as for HTTP, only VirtualServices whose hosts meet the server's (Istio's gateway:
+            # `pickMatchingGatewayHosts` in the TCP and TLS filter chains too)
+            mine = [(vs, rs) for vs, rs in services if allowed_ns in ("*", ns_of(vs)) and _vhosts(hostname, vs)]
             l4 = _l4_routes(server, hostname if port["protocol"] == "TLS" else "", mine,
                             f"{ns_of(gw)}/{name_of(gw)}", hosts, errors)
             out.append(IngressListener(

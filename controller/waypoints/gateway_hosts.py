@@ -16,9 +16,9 @@ Istio's comparison, per Gateway (the hosts of all its servers together, whatever
   pkg/config/host `Name.Matches`).
 
 Only Gateways of the snapshot are judged: one the VirtualService names that is not there may exist
-elsewhere (and a missing Gateway is another matter). Ambit's ingress gateway serves a bound
-VirtualService's `tls` and `tcp` routes by port and SNI whatever its hosts, where Istio's gateway
-skips them too (`pickMatchingGatewayHosts`); the warning says which of its routes are served.
+elsewhere (and a missing Gateway is another matter). Its `tls` and `tcp` routes are not served
+there either (as Istio's `pickMatchingGatewayHosts` skips them); the warning still asks the
+translation which of its routes are served, and names them if any are.
 """
 
 from __future__ import annotations

@@ -109,17 +109,23 @@ def test_the_warning_is_about_what_happens_the_listener_has_no_route_for_it() ->
     assert [(h.hostname, [r.source for r in h.http]) for h in ln.hosts] == [("a.example.com", ["VirtualService/web/b"])]
 
 
-def test_tcp_and_tls_routes_ambit_serves_all_the_same_are_named() -> None:
-    """Ambit's ingress gateway serves a bound VirtualService's tcp and tls routes by port and SNI,
-    whatever its hosts (Istio's gateway does not): the warning does not call them unserved."""
+def test_tcp_and_tls_routes_of_a_virtual_service_whose_hosts_miss_the_server_are_not_served() -> None:
+    """As Istio's gateway (`pickMatchingGatewayHosts` in its TCP and TLS filter chains): a bound
+    VirtualService's tcp and tls routes serve a server only when its hosts meet the server's. They
+    were served whatever the hosts; the warning says none is served."""
     dest = [{"destination": {"host": "echo", "port": {"number": 80}}}]
     v = vs("b", ["b.example.com"], ["gw"], tcp=[{"route": dest}],
            tls=[{"match": [{"sniHosts": ["a.example.com"]}], "route": dest}])
     gw = istio_gateway(server("a.example.com"), server("a.example.com", port=9000, protocol="TCP"),
                        server("a.example.com", port=9443, protocol="TLS", tls={"mode": "PASSTHROUGH"}), name="gw")
     why = warned(gw, v)[("VirtualService/web/b", "spec.gateways[0]")]
-    assert "its http routes are served nowhere at that Gateway; its tcp and tls routes are served there" in why, why
-    tr = translate(BASE + [INGRESS, gw, v])
-    served = {ln.protocol for ln in tr.ingress.gateways[0].listeners if ln.name.startswith("web/gw/")
-              for h in ln.hosts for r in [*h.http, *h.tcp] if r.source == "VirtualService/web/b"}
-    assert served == {"TCP", "TLS"}
+    assert "its routes are served nowhere at that Gateway" in why, why
+
+    def served(virtual_service: dict) -> set[str]:
+        tr = translate(BASE + [INGRESS, gw, virtual_service])
+        return {ln.protocol for ln in tr.ingress.gateways[0].listeners if ln.name.startswith("web/gw/")
+                for h in ln.hosts for r in [*h.http, *h.tcp] if r.source == "VirtualService/web/b"}
+    assert served(v) == set()
+    # with a host in common (or a wildcard one) they are served, by port and SNI
+    assert served({**v, "spec": {**v["spec"], "hosts": ["a.example.com"]}}) == {"HTTP", "TCP", "TLS"}
+    assert served({**v, "spec": {**v["spec"], "hosts": ["*.example.com"]}}) == {"HTTP", "TCP", "TLS"}
