@@ -49,6 +49,7 @@ Headers = Obj({
     "response": Obj({"set": HeaderValues, "add": HeaderValues, "remove": Strings}, checks=(header_ops_checks(False),)),
 })
 
+
 def match_header_name_reason(name: Any) -> str | None:
     """Why `name` cannot key a match's `headers` or `withoutHeaders`, or None: a request header or
     pseudo-header (`request_header_reason`), or a verified JWT claim (`@request.auth.claims.a.b`,
