@@ -145,6 +145,24 @@ def _destination_rule(o: Obj, hosts: Hosts) -> list[tuple[str, str, str]]:
     return out
 
 
+def _route_backends(o: Obj, hosts: Hosts) -> list[tuple[str, str, str]]:
+    """An HTTPRoute's or GRPCRoute's Service `backendRefs[].port` the Service does not have (a
+    targetPort written for its port, most often): every request sent to that backend fails."""
+    ns, out = ns_of(o), []
+    for i, rule in enumerate((o.get("spec") or {}).get("rules") or []):
+        for j, b in enumerate(rule.get("backendRefs") or []):
+            if b.get("group", "") not in ("", "core") or b.get("kind", "Service") != "Service":
+                continue
+            svc = hosts.by_host.get(hosts.fqdn(str(b.get("name", "")), str(b.get("namespace") or ns)))
+            port = _as_port(b.get("port"))
+            found = _not_a_service_port(port, [svc]) if port and svc is not None else None
+            if found:
+                out.append((object_ref(o), f"spec.rules[{i}].backendRefs[{j}].port", (
+                    f"{found[0]}: a backendRef names the Service port (the proxy maps it to the targetPort "
+                    f"itself), so every request sent to this backend fails{_write(found[1])}")))
+    return out
+
+
 # -- AuthorizationPolicy: either proxy ------------------------------------------------------------
 
 def _policy_ports(spec: Obj) -> list[tuple[str, int, bool]]:
@@ -306,6 +324,8 @@ def port_mismatches(good: list[Obj], tr: Any, hosts: Hosts, root_namespace: str)
             out += _virtual_service(o, hosts)
         elif kind == "DestinationRule":
             out += _destination_rule(o, hosts)
+        elif kind in ("HTTPRoute", "GRPCRoute"):
+            out += _route_backends(o, hosts)
         elif kind == "AuthorizationPolicy":
             out += _policy(o, tr, gateways, backing, root_namespace)
         elif kind == "PeerAuthentication":

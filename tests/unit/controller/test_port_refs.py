@@ -135,6 +135,20 @@ def test_a_destination_port_is_analyzed_as_amb0136() -> None:
     assert [f for f in analyze([to_port(8080)], complete=False) if f.code == "AMB0136"] == []
 
 
+def httproute(port: int, kind: str = "HTTPRoute") -> Obj:
+    return {"apiVersion": "gateway.networking.k8s.io/v1", "kind": kind, "metadata": {"name": "r", "namespace": "default"},
+            "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": "myapp", "port": 80}],
+                     "rules": [{"backendRefs": [{"name": "other", "port": 80}, {"name": "myapp", "port": port}]}]}}
+
+
+@pytest.mark.parametrize("kind", ["HTTPRoute", "GRPCRoute"])
+def test_a_gateway_api_backend_port_the_service_lacks_is_warned(kind: str) -> None:
+    """A backendRef's port is the Service port (the same endpoints as above: none on 8080)."""
+    why = warned(httproute(8080, kind)).pop("spec.rules[0].backendRefs[1].port")
+    assert has(why, f"port 8080 is not a port of {PAIRS}", "every request sent to this backend fails", "write 80")
+    assert warned(httproute(80, kind)) == {}
+
+
 # -- 3. DestinationRule portLevelSettings ---------------------------------------------------------------
 
 def dr(port: int) -> Obj:
