@@ -12,8 +12,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Any
 from urllib.parse import parse_qsl
+
+from ambit.httpfields import REQUEST_PSEUDO_HEADERS
 
 
 @dataclass
@@ -63,10 +66,8 @@ class RequestHead:
         return a.rsplit(":", 1)[0] if a.count(":") == 1 else a
 
 
-_PSEUDO: dict[str, Callable[[RequestHead], str]] = {
-    ":method": lambda h: h.method, ":authority": lambda h: h.authority,
-    ":path": lambda h: h.path, ":scheme": lambda h: h.scheme,
-}
+# each pseudo-header is the head's field of its name (`:path` is `path`, query included)
+_PSEUDO: dict[str, Callable[[RequestHead], str]] = {n: attrgetter(n[1:]) for n in REQUEST_PSEUDO_HEADERS}
 
 
 @dataclass(frozen=True)
