@@ -189,11 +189,14 @@ def test_ext_authz_app_serves_the_http_and_grpc_check_with_one_decision() -> Non
                     assert r.status == 200 and r.headers["x-ext-authz-check-result"] == "allowed"
                     assert json.loads(r.headers["x-ext-authz-check-received"])["path"] == "/x"
                 break
-            except (ConnectionError, urllib.error.URLError):
-                assert time.monotonic() < deadline and p.poll() is None
+            except urllib.error.HTTPError:
+                raise  # it answered, and not as it should
+            except OSError:  # refused, reset or timed out (URLError is an OSError) while it starts
+                assert time.monotonic() < deadline, "the ext_authz app did not answer within 20 s"
+                assert p.poll() is None, p.stdout.read().decode(errors="replace") if p.stdout else ""
                 time.sleep(0.1)
         with pytest.raises(urllib.error.HTTPError) as e:
-            urllib.request.urlopen(f"http://127.0.0.1:{hp}/x", timeout=5)
+            urllib.request.urlopen(f"http://127.0.0.1:{hp}/x", timeout=10)
         assert e.value.code == 403 and e.value.read() == b"denied by ext_authz"
         with grpc.insecure_channel(f"127.0.0.1:{gp}") as ch:
             check = pb_grpc.AuthorizationStub(ch).Check
