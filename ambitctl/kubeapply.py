@@ -39,6 +39,7 @@ KINDS: dict[str, tuple[str, bool]] = {
     "Service": ("services", True),
     "Deployment": ("deployments", True),
     "DaemonSet": ("daemonsets", True),
+    "ValidatingWebhookConfiguration": ("validatingwebhookconfigurations", False),
 }
 INVENTORY = "ambit-install"             # ConfigMap in the install namespace: what was installed
 SERVER_FIELDS = ("uid", "resourceVersion", "generation", "creationTimestamp", "managedFields", "selfLink")
@@ -210,6 +211,25 @@ class Kube:
         return self._call("DELETE", path(r)) is not None
 
 
+def with_controller_fields(o: Obj, live: Obj) -> Obj:
+    """`o` with what the controller writes on it kept from `live`: a webhook configuration's
+    `caBundle` and `failurePolicy` (controller/admission/patcher.py). Re-applying the rendering
+    must not take them back to "no CA, Ignore" until the controller sets them again."""
+    if o["kind"] != "ValidatingWebhookConfiguration":
+        return o
+    had = {wh.get("name"): wh for wh in live.get("webhooks") or []}
+    new = copy.deepcopy(o)
+    for wh in new.get("webhooks") or []:
+        old = had.get(wh.get("name"))
+        if old is None:
+            continue
+        if (old.get("clientConfig") or {}).get("caBundle"):
+            wh.setdefault("clientConfig", {})["caBundle"] = old["clientConfig"]["caBundle"]
+        if old.get("failurePolicy"):
+            wh["failurePolicy"] = old["failurePolicy"]
+    return new
+
+
 def apply(kube: Kube, o: Obj, dry_run: bool = False) -> tuple[str, Obj | None]:
     """Create or update one object: ("created" | "updated" | "unchanged", the live object before)."""
     live = kube.get(ref(o))
@@ -217,6 +237,7 @@ def apply(kube: Kube, o: Obj, dry_run: bool = False) -> tuple[str, Obj | None]:
         if not dry_run:
             kube.create(o)
         return "created", None
+    o = with_controller_fields(o, live)
     if covers(live, o):
         return "unchanged", live
     if not dry_run:

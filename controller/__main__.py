@@ -184,7 +184,7 @@ def root_publisher(args: ControllerSettings, pems: Callable[[], list[str]], lead
     return publish, done.clear
 
 
-def ca_reload(args: ControllerSettings, storage: Any, ca: Any, serving: Any, controller: Controller) -> Any:
+def ca_reload(args: ControllerSettings, storage: Any, ca: Any, servings: list[Any], controller: Controller) -> Any:
     """The CAReloader (controller/ca/reload.py) reading `storage` every --ca-reload-interval: a CA it
     takes up re-issues the controller's serving certificate at the next handshake, and new roots
     are republished (the leader's ambit-root-cert ConfigMaps, through the post-snapshot duties run
@@ -192,13 +192,29 @@ def ca_reload(args: ControllerSettings, storage: Any, ca: Any, serving: Any, con
     from controller.ca.reload import CAReloader
 
     def after(root_changed: bool) -> None:
-        serving.renew_now()
+        for serving in servings:        # the gRPC port's certificate and the webhook's
+            serving.renew_now()
         if root_changed:
             if args.root_cert_file is not None:
                 write_root_file(args.root_cert_file, ca.trust_bundle().pem_bundle())
             controller.reapply()
     return CAReloader(ca, storage.load, getattr(storage, "where", "the CA storage"), after, args.ca_reload_interval,
                       settle=1.0)
+
+
+def start_webhook(args: ControllerSettings, certificate: Any) -> Any:
+    """The admission webhook's HTTPS server (controller/admission), serving at once: validation
+    needs no snapshot. None (logged) when its port cannot be bound."""
+    from controller.admission.server import TLSContexts, WebhookServer, parse_listen
+    try:
+        server = WebhookServer(parse_listen(args.webhook_listen), TLSContexts(certificate.pem_if_due))
+    except OSError as e:
+        log.error("--webhook-listen %s: %s", args.webhook_listen, e)
+        return None
+    server.certificate = certificate
+    server.start()
+    log.info("admission webhook serving on %s", args.webhook_listen)
+    return server
 
 
 def write_root_file(path: Path, bundle: str) -> None:
@@ -358,7 +374,7 @@ async def amain(args: ControllerSettings) -> int:
             controller.set_tcp_keepalive(first.tcp_keepalive)
             controller.set_ext_authz(first.ext_authz)
 
-    ca_servicer = serving = ca_reloader = None
+    ca_servicer = serving = ca_reloader = webhook = None
     if args.with_ca:
         from controller.ca import CAConfigError
         from controller.ca_setup import mount_ca
@@ -399,7 +415,21 @@ async def amain(args: ControllerSettings) -> int:
         except ValueError as e:
             log.error("--controller-service-account / --serving-host: %s", e)
             return 2
-        ca_reloader = ca_reload(args, storage, ca_servicer.ca, serving, controller)
+        servings = [serving]
+        if args.webhook_listen:
+            webhook = start_webhook(args, ServingCertificate(
+                ca_servicer.ca, args.identity, serving_hosts(args.identity, args.cluster_domain, args.serving_host)))
+            if webhook is None:
+                return 1
+            servings.append(webhook.certificate)
+            if args.kube and args.webhook_config:
+                from controller.admission.patcher import WebhookPatcher
+                from controller.sources.kube import make_api_client
+                ca = ca_servicer.ca
+                WebhookPatcher(make_api_client(args.kube_host, args.kubeconfig), args.root_namespace,
+                               lambda: ca.trust_bundle().pem_bundle(), leading=leader or (lambda: True),
+                               name=args.webhook_config).run(stop)
+        ca_reloader = ca_reload(args, storage, ca_servicer.ca, servings, controller)
         if args.insecure_config_stream:
             log.error("--insecure-config-stream with --ca-dir: the node credentials exist, so the config stream "
                       "requires them; drop the flag")
@@ -500,6 +530,8 @@ async def amain(args: ControllerSettings) -> int:
         stop_metrics_socket()
     if stop_dashboard is not None:
         stop_dashboard()
+    if webhook is not None:
+        webhook.stop()
     return 0
 
 

@@ -106,12 +106,29 @@ class ServingCertificate:
         self.renew_at = 0.0
         self.issued = 0
 
-    def _issue(self) -> grpc.ServerCertificateConfiguration:
+    def issue_pem(self) -> tuple[str, str]:
+        """A new certificate now: (its chain, its key), PEM. Raises CAExpired."""
         chain, key = self.ca.issue_serving_certificate(self.hosts, self.ttl, identity=self.identity)
         self.renew_at = self.clock() + self.ttl.total_seconds() / 2
         self.issued += 1
         log.info("serving certificate for %s (%s), renewed in %s", self.identity, ", ".join(self.hosts), self.ttl / 2)
-        return grpc.ssl_server_certificate_configuration([(key.encode(), "".join(chain).encode())])
+        return "".join(chain), key
+
+    def _issue(self) -> grpc.ServerCertificateConfiguration:
+        chain, key = self.issue_pem()
+        return grpc.ssl_server_certificate_configuration([(key.encode(), chain.encode())])
+
+    def pem_if_due(self) -> tuple[str, str] | None:
+        """`fetch` for a server that is not grpc's (the admission webhook): a new (chain, key) when
+        the current one is past half its life, else None."""
+        if self.clock() < self.renew_at:
+            return None
+        try:
+            return self.issue_pem()
+        except CAExpired as e:
+            log.error("serving certificate not renewed: %s", e)
+            self.renew_at = self.clock() + EXPIRED_RETRY
+            return None
 
     def renew_now(self) -> None:
         """Issue a new certificate at the next handshake (the CA was reloaded: sign under it)."""

@@ -10,6 +10,8 @@ from pathlib import Path
 from ambit import clusterdomain, settings
 from ambit.settings import non_negative, option, parsed_by
 from controller.acceptgate import MAX_CONNECTIONS_PER_PEER
+from controller.admission.patcher import CONFIG_NAME
+from controller.admission.server import parse_listen
 from controller.ca.reload import DEFAULT_INTERVAL as CA_RELOAD_INTERVAL
 from controller.ca.service import CA_REQUEST_BURST, CA_REQUEST_RATE
 from controller.configserver.server import MAX_CONNECTIONS, MAX_STREAMS_PER_CLIENT
@@ -156,6 +158,15 @@ class ControllerSettings:
         REPORT_RATE, "proxy status reports per second one credential may send after its burst (each process reports "
         "every 10 s); past it a report is refused RESOURCE_EXHAUSTED naming when to retry (0: no bound)",
         check=non_negative)
+    webhook_listen: str = option(
+        "", "with a CA: serve the validating admission webhook (POST /validate, HTTPS with the controller's "
+            "serving certificate) on HOST:PORT, so the API server refuses invalid Istio and Ambit objects at "
+            "`kubectl apply` (`ambit install`: 0.0.0.0:15017; '': off)",
+        check=lambda v: parsed_by(parse_listen)(v) if v else None)
+    webhook_config: str = option(
+        CONFIG_NAME, "with --kube and --webhook-listen: the ValidatingWebhookConfiguration whose caBundle the leader "
+        "keeps on the mesh roots, switching its failurePolicy to Fail once a dry run proves the API server calls "
+        "the webhook ('': leave it alone)")
     debounce: float = option(0.03, "seconds a burst of changes is coalesced", check=non_negative)
     gc_freeze: bool = option(
         True, "after each applied snapshot, move every object to the collector's permanent generation (gc.freeze), "
@@ -180,6 +191,8 @@ class ControllerSettings:
             return "--ca-secret and --ca-dir both name where the CA lives: pass one"
         if not self.with_ca and self.ca_reload_interval != CA_RELOAD_INTERVAL:
             return "--ca-reload-interval is read only with a CA (--ca-dir or --ca-secret)"
+        if self.webhook_listen and not self.with_ca:
+            return "--webhook-listen needs a CA (--ca-dir or --ca-secret): it serves TLS the API server verifies"
         if self.root_cert_file is not None and self.ca_dir is None:
             return ("--root-cert-file needs --ca-dir (with --ca-secret the roots are published to the "
                     "ambit-root-cert ConfigMap)")

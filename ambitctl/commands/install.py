@@ -49,6 +49,7 @@ CONTROLLER = "ambit-controller"
 NODE = "ambit-node"
 ZTUNNEL_SA = "ztunnel"             # the controller's CA admits ztunnels by this service account
 GRPC_PORT = 15012                  # config stream + CA
+WEBHOOK_PORT = 15017               # the validating admission webhook (controller/admission), as istiod's
 METRICS_PORT = 15014
 ZTUNNEL_METRICS_PORT = 15020
 AGENT_METRICS_PORT = 15014          # as Istio's CNI node agent: uncaptured pods and their repairs
@@ -110,6 +111,10 @@ def controller_rules() -> list[Obj]:
     rules.append({"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "update"],
                   "resourceNames": [ROOT_CONFIGMAP]})
     rules.append({"apiGroups": [""], "resources": ["configmaps"], "verbs": ["create"]})
+    # the admission webhook's configuration, by name: its caBundle and failurePolicy (controller/admission)
+    from controller.admission.patcher import CONFIG_NAME
+    rules.append({"apiGroups": ["admissionregistration.k8s.io"], "resources": ["validatingwebhookconfigurations"],
+                  "verbs": ["get", "update"], "resourceNames": [CONFIG_NAME]})
     from controller.waypoints.reconcile import RBAC_RULES
     return rules + [dict(r) for r in RBAC_RULES]
 
@@ -145,10 +150,13 @@ def _rbac(name: str, namespace: str, sa: str, rules: list[Obj]) -> list[Obj]:
 
 
 def controller_namespace_rules() -> list[Obj]:
-    """In the root namespace only: the CA Secret (--ca-secret: read, or created on first start)
-    and the leader-election Lease (controller/leader.py)."""
+    """In the root namespace only: the CA Secret (--ca-secret: read, or created on first start),
+    the leader-election Lease (controller/leader.py) and the admission webhook's dry run."""
+    from controller.admission.patcher import PROBE_GROUP, PROBE_PLURAL
     from controller.leader import LEASE_NAME
     return [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "create"]},
+            # the webhook's dry-run probe (an invalid AuthorizationPolicy, never stored): here only
+            {"apiGroups": [PROBE_GROUP], "resources": [PROBE_PLURAL], "verbs": ["create"]},
             {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "update"],
              "resourceNames": [LEASE_NAME]},
             {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]}]
@@ -178,7 +186,8 @@ def controller_args(o: argparse.Namespace) -> list[str]:
             "--waypoint-image", o.image, "--waypoint-pull-policy", o.pull_policy,
             "--waypoint-controller", f"{CONTROLLER}.{o.namespace}.svc:{GRPC_PORT}",
             "--waypoint-workers", str(o.waypoint_workers),
-            "--mesh-config", f"{MESH_CONFIG_DIR}/mesh.yaml", *_cluster_domain_args(o)]
+            "--mesh-config", f"{MESH_CONFIG_DIR}/mesh.yaml", "--webhook-listen", f"0.0.0.0:{WEBHOOK_PORT}",
+            *_cluster_domain_args(o)]
 
 
 def _cluster_domain_args(o: argparse.Namespace) -> list[str]:
@@ -207,7 +216,8 @@ def controller_objects(o: argparse.Namespace) -> list[Obj]:
             "command": ["python3", "-m", "controller"], "args": controller_args(o),
             "env": _env(POD_NAME="metadata.name"),              # its name in the leader Lease
             "ports": [{"name": "grpc", "containerPort": GRPC_PORT},
-                      {"name": "http-metrics", "containerPort": METRICS_PORT}],
+                      {"name": "http-metrics", "containerPort": METRICS_PORT},
+                      {"name": "https-webhook", "containerPort": WEBHOOK_PORT}],
             # It binds its port only after translating the first snapshot: open port = ready.
             "readinessProbe": {"tcpSocket": {"port": GRPC_PORT}, "periodSeconds": 5},
             # Sized from measured costs (controller/sizing.py; docs/operations.md, "Sizing the
@@ -230,7 +240,8 @@ def controller_objects(o: argparse.Namespace) -> list[Obj]:
         {"apiVersion": "v1", "kind": "Service", "metadata": _md(CONTROLLER, o.namespace, **sel),
          "spec": {"selector": sel, "ports": [
              {"name": "grpc", "port": GRPC_PORT, "targetPort": "grpc", "appProtocol": "grpc"},
-             {"name": "http-metrics", "port": METRICS_PORT, "targetPort": "http-metrics"}]}},
+             {"name": "http-metrics", "port": METRICS_PORT, "targetPort": "http-metrics"},
+             {"name": "https-webhook", "port": WEBHOOK_PORT, "targetPort": "https-webhook"}]}},
         {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": _md(CONTROLLER, o.namespace, **sel),
          # Replicas share the CA Secret and elect a leader (Lease) for writes: a rolling update is safe.
          "spec": {"replicas": 1, "selector": {"matchLabels": sel}, "strategy": {"type": "RollingUpdate"},
@@ -402,6 +413,31 @@ def node_daemonset(o: argparse.Namespace) -> Obj:
 
 # -- all of it --------------------------------------------------------------------------------------
 
+def validating_webhook(o: argparse.Namespace) -> Obj:
+    """Istio's and Ambit's kinds validated by the controller when they are written
+    (controller/admission). No caBundle and `Ignore` as rendered: the controller's leader fills in
+    the roots and switches to `Fail` once a dry run shows the API server calls it, so a cluster is
+    never locked out of these kinds by a webhook that was never reachable."""
+    from controller.admission.patcher import CONFIG_NAME, WEBHOOK_NAME
+    from controller.admission.server import PATH
+    groups = ["security.istio.io", "networking.istio.io", "telemetry.istio.io", "extensions.istio.io",
+              *sorted({k.ambit_group for k in _kinds() if k.ambit_group})]
+    return {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingWebhookConfiguration",
+            "metadata": _md(CONFIG_NAME), "webhooks": [{
+                "name": WEBHOOK_NAME,
+                "clientConfig": {"service": {"name": CONTROLLER, "namespace": o.namespace, "path": PATH,
+                                             "port": WEBHOOK_PORT}},
+                "rules": [{"apiGroups": groups, "apiVersions": ["*"], "resources": ["*"],
+                           "operations": ["CREATE", "UPDATE"], "scope": "*"}],
+                "failurePolicy": "Ignore", "sideEffects": "None", "admissionReviewVersions": ["v1"],
+                "timeoutSeconds": 10, "matchPolicy": "Equivalent"}]}
+
+
+def _kinds() -> list[Any]:
+    from controller.kinds import KINDS
+    return list(KINDS)
+
+
 def crds() -> list[Obj]:
     from controller.kinds import KINDS
     from controller.kinds.crds import crd
@@ -416,7 +452,7 @@ def objects(o: argparse.Namespace) -> list[Obj]:
             + _namespaced_rbac(CONTROLLER, o.namespace, CONTROLLER, controller_namespace_rules())
             + _rbac(NODE, o.namespace, ZTUNNEL_SA, node_rules(o.repair_pods))
             + _namespaced_rbac(NODE, o.namespace, ZTUNNEL_SA, node_namespace_rules())
-            + controller_objects(o) + [node_daemonset(o)])
+            + controller_objects(o) + [validating_webhook(o), node_daemonset(o)])
 
 
 class _NoAliases(yaml.SafeDumper):

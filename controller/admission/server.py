@@ -1,0 +1,196 @@
+"""The HTTPS endpoint the API server calls with each AdmissionReview (`--webhook-listen`).
+
+The API server verifies it against the ValidatingWebhookConfiguration's `caBundle` and the name
+`<service>.<namespace>.svc`, so it serves a certificate of the controller's own CA for the
+controller's names (`controller.ca_setup.ServingCertificate`), renewed at half its life and at
+once when the CA is reloaded, without a restart: each new connection takes the newest.
+
+Validation is CPU alone and an answer takes well under a millisecond, so a thread per connection
+is enough; the port is reachable in the cluster, so connections are bounded (`max_connections`:
+one more is closed at once), as are a handshake's and a request's time and a body's size.
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import logging
+import os
+import socket
+import ssl
+import tempfile
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from prometheus_client import Counter
+
+from controller.admission.review import BadReview, answer
+
+log = logging.getLogger("ambit.controller.admission")
+
+PATH = "/validate"
+# An AdmissionReview carries the object and, on update, the stored one: each at most etcd's
+# 1.5 MiB, so 8 MiB is more than any real review and bounds what a stranger can make us read.
+MAX_BODY = 8 << 20
+HANDSHAKE_TIMEOUT = 10.0
+IDLE_TIMEOUT = 60.0         # a kept-alive connection the API server does not use again
+
+REVIEWS = Counter("ambit_controller_admission_reviews", "AdmissionReviews answered by the webhook, by "
+                  "operation and result (allowed, denied, bad: not an AdmissionReview)", ["operation", "result"])
+
+
+class TLSContexts:
+    """The newest serving context: `pem_if_due()` gives a new (chain, key) when the certificate
+    is due (controller.ca_setup.ServingCertificate), else None."""
+
+    def __init__(self, pem_if_due: Callable[[], tuple[str, str] | None]) -> None:
+        self._due = pem_if_due
+        self._lock = threading.Lock()
+        self._ctx: ssl.SSLContext | None = None
+
+    def current(self) -> ssl.SSLContext:
+        with self._lock:
+            pem = self._due()
+            if pem is not None or self._ctx is None:
+                if pem is None:
+                    raise ssl.SSLError("no serving certificate yet")
+                self._ctx = _context(*pem)
+            return self._ctx
+
+
+def _context(chain: str, key: str) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2    # what kube-apiserver's webhook client speaks
+    # ssl loads a certificate only from a file: a private directory, removed once it is loaded.
+    d = tempfile.mkdtemp(prefix="ambit-webhook-")
+    try:
+        cert, k = os.path.join(d, "cert.pem"), os.path.join(d, "key.pem")
+        for path, text in ((cert, chain), (k, key)):
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+        ctx.load_cert_chain(cert, k)
+    finally:
+        for name in os.listdir(d):
+            os.unlink(os.path.join(d, name))
+        os.rmdir(d)
+    return ctx
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"       # kept alive: the API server reuses its connections
+    timeout = IDLE_TIMEOUT
+    server: WebhookServer
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's name
+        if self.path.split("?", 1)[0] != PATH:
+            self._send(404, b"not found\n", "text/plain")
+            return
+        if (self.headers.get("Content-Type") or "").split(";")[0].strip() != "application/json":
+            self._send(415, b"Content-Type must be application/json\n", "text/plain")
+            return
+        try:
+            length = int(self.headers.get("Content-Length") or "")
+        except ValueError:
+            self._send(411, b"Content-Length is required\n", "text/plain")
+            return
+        if not 0 < length <= MAX_BODY:
+            self.close_connection = True
+            self._send(413, f"the body must be 1..{MAX_BODY} bytes\n".encode(), "text/plain")
+            return
+        body = self.rfile.read(length)
+        try:
+            review, verdict = answer(body)
+        except BadReview as e:
+            REVIEWS.labels("", "bad").inc()
+            self._send(400, f"{e}\n".encode(), "text/plain")
+            return
+        REVIEWS.labels(verdict.operation, "allowed" if verdict.allowed else "denied").inc()
+        if not verdict.allowed:
+            log.info("refused %s of %s: %s", verdict.operation.lower(), verdict.ref,
+                     verdict.message.replace("\n", "; "))
+        self._send(200, _json(review), "application/json")
+
+    def do_GET(self) -> None:  # noqa: N802
+        self._send(405, b"POST an AdmissionReview to /validate\n", "text/plain")
+
+    def _send(self, code: int, body: bytes, ctype: str) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - http.server's name; quiet
+        pass
+
+
+def _json(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode()
+
+
+class WebhookServer(http.server.ThreadingHTTPServer):
+    """`serve_forever` in a thread (`start`); `stop` closes it."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+    certificate: Any = None     # what `contexts` renews from (its `renew_now` at a CA reload)
+
+    def __init__(self, address: tuple[str, int], contexts: TLSContexts, max_connections: int = 64) -> None:
+        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        super().__init__(address, _Handler)
+        self.contexts = contexts
+        self._slots = threading.BoundedSemaphore(max_connections)
+        self._thread: threading.Thread | None = None
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):     # full: this one is closed, the others go on
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        """The TLS handshake in the connection's own thread, bounded, so a client that stalls in
+        it holds one slot and not the accept loop."""
+        request.settimeout(HANDSHAKE_TIMEOUT)
+        try:
+            tls = self.contexts.current().wrap_socket(request, server_side=True)
+        except (OSError, ssl.SSLError) as e:
+            log.debug("webhook handshake with %s failed: %s", client_address, e)
+            return
+        try:
+            self.RequestHandlerClass(tls, client_address, self)
+        finally:
+            try:
+                tls.close()
+            except OSError:
+                pass
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self.serve_forever, name="admission-webhook", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self.shutdown()
+        self.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """`HOST:PORT` (`[V6]:PORT`) as a socket address; ValueError naming what is wrong."""
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"--webhook-listen {listen!r}: must be HOST:PORT with a port 1..65535")
+    return host.strip("[]") or "0.0.0.0", int(port)
