@@ -30,8 +30,10 @@ EXPECTED_API_VERSIONS = {
     "ClusterRole": "rbac.authorization.k8s.io/v1", "ClusterRoleBinding": "rbac.authorization.k8s.io/v1",
     "Role": "rbac.authorization.k8s.io/v1", "RoleBinding": "rbac.authorization.k8s.io/v1",   # CA Secret, Lease
     "Deployment": "apps/v1", "DaemonSet": "apps/v1",
+    "ValidatingWebhookConfiguration": "admissionregistration.k8s.io/v1",
 }
-CLUSTER_SCOPED = {"Namespace", "CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding"}
+CLUSTER_SCOPED = {"Namespace", "CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding",
+                  "ValidatingWebhookConfiguration"}
 
 
 def render(*argv: str) -> list[Obj]:
@@ -280,6 +282,49 @@ def test_controller_arguments_parse_and_match_the_service_and_the_ca_admission()
     assert flag(zt["args"], "--controller-identity") == args.identity
     assert flag(zt["args"], "--controller").startswith(f"{args.controller_service_account}.mesh-ops.svc:")
     assert args.leader_elect and {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}} in c["env"]
+
+
+def test_the_webhook_configuration_reaches_the_controllers_webhook_under_its_certificates_name() -> None:
+    """The API server calls `<service>.<namespace>.svc:<port><path>` and checks that name in the
+    certificate: the Service must be the controller's, its port must lead to the port
+    `--webhook-listen` binds, the name must be one the controller's certificate carries, and
+    the configuration starts `Ignore` (the controller switches it: controller/admission/patcher.py)."""
+    from controller.__main__ import parse_args
+    from controller.admission.patcher import CONFIG_NAME, PROBE_GROUP, PROBE_PLURAL, WEBHOOK_NAME
+    from controller.admission.server import PATH, parse_listen
+    from controller.ca_setup import serving_hosts
+    docs = render("--namespace", "mesh-ops")
+    c = container(docs, "Deployment", "ambit-controller", "controller")
+    args = parse_args(expand(c["args"], c))
+    cfg = one(docs, "ValidatingWebhookConfiguration", CONFIG_NAME)
+    [wh] = cfg["webhooks"]
+    assert wh["name"] == WEBHOOK_NAME and wh["failurePolicy"] == "Ignore" and wh["sideEffects"] == "None"
+    assert wh["admissionReviewVersions"] == ["v1"] and "caBundle" not in wh["clientConfig"]
+    ref = wh["clientConfig"]["service"]
+    assert ref["path"] == PATH and args.webhook_config == CONFIG_NAME
+    svc = one(docs, "Service", ref["name"])
+    assert svc["metadata"]["namespace"] == ref["namespace"] == "mesh-ops"
+    [port] = [p for p in svc["spec"]["ports"] if p["port"] == ref["port"]]
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    assert ports[port["targetPort"]] == parse_listen(args.webhook_listen)[1]
+    assert f"{ref['name']}.{ref['namespace']}.svc" in serving_hosts(args.identity, args.cluster_domain)
+    # Istio's and Ambit's groups, creates and updates only (status writes are a subresource: not matched)
+    [rule] = wh["rules"]
+    assert {"security.istio.io", "networking.istio.io", "telemetry.istio.io", "security.ambit.io"} <= set(rule["apiGroups"])
+    assert not any("gateway.networking.k8s.io" in g for g in rule["apiGroups"])
+    assert rule["resources"] == ["*"] and rule["operations"] == ["CREATE", "UPDATE"]
+    # RBAC: this configuration alone, by name; the dry run's create in the root namespace alone
+    sa = one(docs, "Deployment", "ambit-controller")["spec"]["template"]["spec"]["serviceAccountName"]
+    roles = {d["metadata"]["name"]: d for d in docs if d["kind"] == "ClusterRole"}
+    hook_rules = [r for r in roles["ambit-controller"]["rules"] if "validatingwebhookconfigurations" in r["resources"]]
+    assert hook_rules == [{"apiGroups": ["admissionregistration.k8s.io"], "resources": ["validatingwebhookconfigurations"],
+                           "verbs": ["get", "update"], "resourceNames": [CONFIG_NAME]}]
+    assert not allowed(docs, "mesh-ops", sa, PROBE_GROUP, PROBE_PLURAL, "create")
+    assert {"apiGroups": [PROBE_GROUP], "resources": [PROBE_PLURAL], "verbs": ["create"]} in \
+        namespaced_grants(docs, "mesh-ops", sa)
+    # the configuration goes after the controller (kubectl apply order; uninstall deletes it first)
+    order = [d["kind"] for d in docs]
+    assert order.index("Deployment") < order.index("ValidatingWebhookConfiguration")
 
 
 def test_outbound_traffic_policy_reaches_the_controller_through_its_mounted_mesh_config(tmp_path: Path) -> None:

@@ -1,0 +1,182 @@
+"""The admission webhook end to end: the real controller process (`--kube --ca-secret
+--webhook-listen`), the ValidatingWebhookConfiguration `ambit install` renders, and the API-server
+emulator calling the webhook over TLS as kube-apiserver does (tests/support/kube_emulator.py), with
+the official client standing in for `kubectl apply`.
+
+What a platform team relies on:
+* until the API server is shown to reach the webhook, the configuration stays `failurePolicy:
+  Ignore` (nobody is locked out of Istio's kinds by a webhook that was never reachable); the
+  leader writes the mesh roots into its caBundle first;
+* once reachable, it fails closed, and an invalid object is refused at the write, naming the
+  object, the field and the reason, and is not stored; a valid one is stored;
+* an update that keeps a stored object's old problems is allowed (a label on an object written
+  before the webhook), one that adds a problem is refused;
+* with no controller serving, writes of these kinds are refused (istiod's behaviour), and go
+  through again when one is back.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from ambitctl.commands.install import WEBHOOK_PORT, parse, validating_webhook
+from controller.admission.patcher import CONFIG_NAME
+from tests.support.kube_emulator import KubeEmulator
+from tests.support.net import connectable, free_port
+from tests.support.wait import wait_for
+
+ROOT = Path(__file__).resolve().parents[3]
+NS = "ambit-system"
+AP = ("security.istio.io", "v1", "authorizationpolicies")
+
+
+class Cluster:
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.emu = KubeEmulator().start()
+        self.webhook_port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log: Any = None
+        cfg = client.Configuration()
+        cfg.host = self.emu.url
+        self.api = client.ApiClient(cfg)
+        self.objects = client.CustomObjectsApi(self.api)
+
+    def start_controller(self) -> None:
+        self.log = open(self.tmp / "controller.log", "a")  # noqa: SIM115 - closed in stop_controller()
+        port = free_port()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "controller", "--kube", "--kube-host", self.emu.url, "--listen", f"127.0.0.1:{port}",
+             "--ca-secret", "ambit-ca", "--pod-name", "ctl-a", "--debounce", "0.01", "--dashboard-address", "",
+             "--webhook-listen", f"127.0.0.1:{self.webhook_port}"],
+            cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT)
+        proc = self.proc
+        wait_for(lambda: connectable(self.webhook_port) or proc.poll() is not None, timeout=60,
+                 what="the webhook listening")
+        assert proc.poll() is None, self.logs()
+
+    def stop_controller(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        if self.log is not None:
+            self.log.close()
+            self.log = None
+
+    def logs(self) -> str:
+        return (self.tmp / "controller.log").read_text()
+
+    def config(self) -> dict[str, Any]:
+        return self.emu.get("admissionregistration.k8s.io/v1", "ValidatingWebhookConfiguration", CONFIG_NAME, "") or {}
+
+    def create(self, body: dict[str, Any], dry_run: str | None = None) -> dict[str, Any]:
+        kw = {"dry_run": dry_run} if dry_run else {}
+        return self.objects.create_namespaced_custom_object(*AP[:2], "demo", AP[2], body, **kw)
+
+    def stored(self, name: str) -> dict[str, Any] | None:
+        return self.emu.get("security.istio.io/v1", "AuthorizationPolicy", name, "demo")
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    c = Cluster(tmp_path)
+    try:
+        for n in (NS, "demo"):
+            c.emu.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": n}})
+        c.emu.create(validating_webhook(parse(["--namespace", NS])))
+        yield c
+    finally:
+        c.stop_controller()
+        c.api.close()
+        c.emu.stop()
+
+
+def policy(name: str, **spec: Any) -> dict[str, Any]:
+    return {"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+            "metadata": {"name": name, "namespace": "demo"}, "spec": spec}
+
+
+def refusal(e: ApiException) -> str:
+    return json.loads(e.body)["message"]
+
+
+def fails_closed(c: Cluster) -> bool:
+    return all(wh.get("failurePolicy") == "Fail" for wh in c.config().get("webhooks") or [{}])
+
+
+def test_invalid_policies_are_refused_at_the_write_once_the_webhook_is_proven_reachable(cluster: Cluster) -> None:
+    c = cluster
+    rendered = c.config()["webhooks"][0]
+    assert rendered["failurePolicy"] == "Ignore" and "caBundle" not in rendered["clientConfig"]
+    assert rendered["clientConfig"]["service"] == {"name": "ambit-controller", "namespace": NS, "path": "/validate",
+                                                  "port": WEBHOOK_PORT}
+    c.start_controller()
+    # The API server cannot reach the webhook yet (no route to the Service): the roots go in, and
+    # the configuration stays Ignore, so writes are not locked out.
+    wait_for(lambda: c.config()["webhooks"][0]["clientConfig"].get("caBundle"), timeout=30, what="caBundle")
+    root = c.emu.get("v1", "ConfigMap", "ambit-root-cert", NS)["data"]["root-cert.pem"]
+    assert base64.b64decode(c.config()["webhooks"][0]["clientConfig"]["caBundle"]).decode() == root
+    time.sleep(6)                   # a probe pass (every 5 s) came and went
+    assert not fails_closed(c), c.logs()
+    c.create(policy("stored-unchecked", action="DENY"))        # Ignore: the unreachable webhook is skipped
+    assert c.stored("stored-unchecked") is not None
+
+    c.emu.route_service(NS, "ambit-controller", WEBHOOK_PORT, "127.0.0.1", c.webhook_port)
+    wait_for(lambda: fails_closed(c), timeout=30, what="failurePolicy Fail")
+    assert "has the mesh roots and fails closed" in c.logs()
+
+    with pytest.raises(ApiException) as e:
+        c.create(policy("deny-nothing", action="DENY"))
+    assert e.value.status == 400
+    assert refusal(e.value) == (
+        'admission webhook "validation.ambit.io" denied the request: AuthorizationPolicy/demo/deny-nothing: '
+        "spec.rules: DENY action without `rules` is meaningless as it will never be triggered, add an empty "
+        "rule `{}` if you want it be triggered for every request")
+    assert c.stored("deny-nothing") is None
+    with pytest.raises(ApiException) as e:              # kubectl apply --dry-run=server
+        c.create(policy("deny-nothing", action="DENY"), dry_run="All")
+    assert e.value.status == 400 and "DENY action without" in refusal(e.value)
+
+    c.create(policy("deny-all", action="DENY", rules=[{}]))
+    assert c.stored("deny-all") is not None
+    with pytest.raises(ApiException) as e:              # an update that breaks it
+        c.objects.patch_namespaced_custom_object(*AP[:2], "demo", AP[2], "deny-all",
+                                                 {"spec": {"action": "CUSTOM"}})
+    assert e.value.status == 400 and "spec.provider" in refusal(e.value)
+    assert c.stored("deny-all")["spec"]["action"] == "DENY"
+
+    # The object stored while unchecked keeps its problem, but can still be labelled: the update adds none.
+    c.objects.patch_namespaced_custom_object(*AP[:2], "demo", AP[2], "stored-unchecked",
+                                             {"metadata": {"labels": {"team": "web"}}})
+    assert c.stored("stored-unchecked")["metadata"]["labels"] == {"team": "web"}
+    assert "refused create of AuthorizationPolicy/demo/deny-nothing" in c.logs()
+
+
+def test_with_no_controller_serving_writes_are_refused_until_one_is_back(cluster: Cluster) -> None:
+    c = cluster
+    c.emu.route_service(NS, "ambit-controller", WEBHOOK_PORT, "127.0.0.1", c.webhook_port)
+    c.start_controller()
+    wait_for(lambda: fails_closed(c), timeout=30, what="failurePolicy Fail")
+    c.stop_controller()
+    with pytest.raises(ApiException) as e:
+        c.create(policy("deny-all", action="DENY", rules=[{}]))
+    assert e.value.status == 500 and 'failed calling webhook "validation.ambit.io"' in refusal(e.value)
+    assert c.stored("deny-all") is None
+    c.start_controller()        # the same CA (the Secret), so the caBundle written before still holds
+    c.create(policy("deny-all", action="DENY", rules=[{}]))
+    assert c.stored("deny-all") is not None
