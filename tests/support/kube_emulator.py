@@ -43,6 +43,23 @@ For kubectl (tests/unit/vagrant/test_kube_driver.py drives the e2e KubeDriver th
 - pod logs as above; `write_log()` appends to what `set_log()` sets.
 `exec`/`attach`/`port-forward` (SPDY or WebSocket streams) are not emulated.
 
+Admission (admissionregistration.k8s.io/v1 ValidatingWebhookConfiguration, a built-in kind), as
+kube-apiserver's validating webhook plugin: an HTTP create, update or merge patch of an object (not
+`/status`, not DELETE; never the Python `create()`/`update()`/`apply()` a test seeds state with) is
+first sent, as an `admission.k8s.io/v1` AdmissionReview, to every webhook whose rules (operations,
+apiGroups, apiVersions, resources — a bare `*` is no subresource —, scope; matchPolicy Equivalent
+matches another version of the resource), namespaceSelector and objectSelector match, configurations
+by name, over HTTPS verified with its caBundle: `clientConfig.url`, or `clientConfig.service` reached
+at the address a test gives with `route_service(namespace, name, port, host, real_port)` (TLS
+verifies `NAME.NAMESPACE.svc`). A refusal answers the webhook's Status (`admission webhook "W"
+denied the request: ...`); a failed call (refused, TLS, timeout, non-200, a bad or mismatched
+response) answers 500 `failed calling webhook "W": ...` under failurePolicy Fail, and is ignored
+under Ignore; `response.warnings` become `Warning: 299 - "..."` headers. `?dryRun=All` admits with
+`dryRun: true` (400 "does not support dry run" for a webhook whose sideEffects are not None or
+NoneOnDryRun) and stores nothing. Webhooks are called with no lock held (one may read from this
+server meanwhile), one after another (kube-apiserver: in parallel); `admission_calls` records each.
+matchConditions (CEL) are refused with a 500, not ignored; mutating webhooks are not emulated.
+
 Knobs for tests: `compact()`, `drop_watches()` (closes every open watch mid-stream, like a broken
 connection), `hold_watches()` (new watch requests wait: a window in which changes happen unseen),
 `bookmark()`, `install_group()`, and `requests` (a log of every request, to assert what a client did).
@@ -60,8 +77,10 @@ from __future__ import annotations
 
 import base64
 import copy
+import http.client
 import json
 import socket
+import ssl
 import threading
 import time
 import uuid
@@ -132,11 +151,14 @@ BUILTIN = [
     ResourceType("rbac.authorization.k8s.io", ("v1",), "roles", "Role", True),
     ResourceType("rbac.authorization.k8s.io", ("v1",), "rolebindings", "RoleBinding", True),
     ResourceType("apiextensions.k8s.io", ("v1",), "customresourcedefinitions", "CustomResourceDefinition", False),
+    # the controller's admission webhook, called on HTTP writes (see "Admission" above)
+    ResourceType("admissionregistration.k8s.io", ("v1",), "validatingwebhookconfigurations",
+                 "ValidatingWebhookConfiguration", False),
 ]
 
 
 BUILTIN_GROUPS = ("", "discovery.k8s.io", "apps", "autoscaling", "policy", "rbac.authorization.k8s.io",
-                  "apiextensions.k8s.io", "coordination.k8s.io")
+                  "apiextensions.k8s.io", "coordination.k8s.io", "admissionregistration.k8s.io")
 
 
 _REASONS = {409: "Conflict", 410: "Expired", 429: "TooManyRequests", 500: "InternalError",
@@ -156,6 +178,10 @@ def _status(code: int, reason: str, message: str) -> Obj:
 
 class _Dropped(Exception):
     pass
+
+
+class _CallFailed(Exception):
+    """A webhook call that failed (kube-apiserver's ErrCallingWebhook): its failurePolicy decides."""
 
 
 @dataclass
@@ -218,9 +244,15 @@ class KubeEmulator:
         self._reviews_open.set()
         self._logs: dict[tuple[str, str, str], str] = {}
         self._faults: list[Fault] = []
+        self._service_routes: dict[tuple[str, str, int], tuple[str, int]] = {}
+        # every validating webhook call made: configuration, webhook, operation, dryRun, resource,
+        # namespace, name, request (the AdmissionReview's), result ("allowed", "denied", "error: ...")
+        self.admission_calls: list[Obj] = []
         self._server = ThreadingHTTPServer(("127.0.0.1", port), self._handler_class())
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, name="kube-emulator", daemon=True)
+        # a short poll interval: stop() (shutdown) waits for it, and tests start and stop many servers
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
+                                        name="kube-emulator", daemon=True)
 
     # -- lifecycle --------------------------------------------------------------------------------
     @property
@@ -347,53 +379,82 @@ class KubeEmulator:
         self._lock.notify_all()
 
     def create(self, obj: Obj) -> Obj:
+        """Store a new object (no admission: a test seeds state with it); KeyError if it exists."""
         with self._lock:
             t = self._type_of(obj)
-            store = self._objects.setdefault((t.group, t.plural), {})
-            key = self._key(t, obj)
-            if key in store:
-                raise KeyError(f"{t.kind} {key} already exists")
-            self._rv += 1
-            o = copy.deepcopy(obj)
-            md = o.setdefault("metadata", {})
-            if t.namespaced:
-                md.setdefault("namespace", "default")
-            md.update(uid=str(uuid.uuid4()), resourceVersion=str(self._rv), generation=1,
-                      creationTimestamp=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-            _write_only_fields(t.kind, o)
-            if t.kind == "Service" and not (o.get("spec") or {}).get("clusterIP"):
-                self._next_ip += 1
-                o.setdefault("spec", {})["clusterIP"] = f"10.96.{self._next_ip // 250}.{self._next_ip % 250 + 1}"
-                o["spec"]["clusterIPs"] = [o["spec"]["clusterIP"]]
-            store[key] = o
-            self._record(t, "ADDED", o)
-            out = copy.deepcopy(o)
-            self._collect_if_orphan(t, key, o)
-            return out
+            return self._insert(t, self._prepared_create(t, obj))
+
+    def _prepared_create(self, t: ResourceType, obj: Obj) -> Obj:
+        """`obj` as a create would store it, but for its resourceVersion (and a Service's cluster IP)."""
+        o = copy.deepcopy(obj)
+        md = o.setdefault("metadata", {})
+        if t.namespaced:
+            md.setdefault("namespace", "default")
+        md.pop("resourceVersion", None)
+        md.update(uid=str(uuid.uuid4()), generation=1,
+                  creationTimestamp=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+        _write_only_fields(t.kind, o)
+        return o
+
+    def _cluster_ip(self, t: ResourceType, o: Obj, allocate: bool) -> None:
+        """A Service without a cluster IP gets the next one (`allocate` False: the one it would get)."""
+        if t.kind == "Service" and not (o.get("spec") or {}).get("clusterIP"):
+            n = self._next_ip + 1
+            if allocate:
+                self._next_ip = n
+            o.setdefault("spec", {})["clusterIP"] = f"10.96.{n // 250}.{n % 250 + 1}"
+            o["spec"]["clusterIPs"] = [o["spec"]["clusterIP"]]
+
+    def _insert(self, t: ResourceType, o: Obj) -> Obj:
+        """Store `o` (from _prepared_create; the lock held): KeyError if it exists."""
+        store = self._objects.setdefault((t.group, t.plural), {})
+        key = self._key(t, o)
+        if key in store:
+            raise KeyError(f"{t.kind} {key} already exists")
+        o = copy.deepcopy(o)
+        self._rv += 1
+        o["metadata"]["resourceVersion"] = str(self._rv)
+        self._cluster_ip(t, o, allocate=True)
+        store[key] = o
+        self._record(t, "ADDED", o)
+        out = copy.deepcopy(o)
+        self._collect_if_orphan(t, key, o)
+        return out
 
     def update(self, obj: Obj) -> Obj:
+        """Replace a stored object (no admission); KeyError if it does not exist."""
         with self._lock:
             t = self._type_of(obj)
-            store = self._objects.setdefault((t.group, t.plural), {})
             key = self._key(t, obj)
-            old = store[key]
-            self._rv += 1
-            o = copy.deepcopy(obj)
-            _write_only_fields(t.kind, o)
-            md = o.setdefault("metadata", {})
-            for f in ("uid", "creationTimestamp", "namespace"):
-                if f in old["metadata"]:
-                    md[f] = old["metadata"][f]
-            gen = old["metadata"].get("generation", 1)
-            md["generation"] = gen + 1 if o.get("spec") != old.get("spec") else gen
-            md["resourceVersion"] = str(self._rv)
-            if "status" not in o and "status" in old:
-                o["status"] = old["status"]
-            store[key] = o
-            self._record(t, "MODIFIED", o)
-            out = copy.deepcopy(o)
-            self._collect_if_orphan(t, key, o)
-            return out
+            old = self._objects.setdefault((t.group, t.plural), {})[key]
+            return self._replace(t, key, self._prepared_update(t, old, obj))
+
+    @staticmethod
+    def _prepared_update(t: ResourceType, old: Obj, obj: Obj) -> Obj:
+        """`obj` as an update of `old` would store it, with `old`'s resourceVersion."""
+        o = copy.deepcopy(obj)
+        _write_only_fields(t.kind, o)
+        md = o.setdefault("metadata", {})
+        for f in ("uid", "creationTimestamp", "namespace"):
+            if f in old["metadata"]:
+                md[f] = old["metadata"][f]
+        gen = old["metadata"].get("generation", 1)
+        md["generation"] = gen + 1 if o.get("spec") != old.get("spec") else gen
+        md["resourceVersion"] = old["metadata"].get("resourceVersion")
+        if "status" not in o and "status" in old:
+            o["status"] = copy.deepcopy(old["status"])
+        return o
+
+    def _replace(self, t: ResourceType, key: tuple[str, str], o: Obj) -> Obj:
+        """Store `o` (from _prepared_update; the lock held) in place of the object at `key`."""
+        o = copy.deepcopy(o)
+        self._rv += 1
+        o["metadata"]["resourceVersion"] = str(self._rv)
+        self._objects.setdefault((t.group, t.plural), {})[key] = o
+        self._record(t, "MODIFIED", o)
+        out = copy.deepcopy(o)
+        self._collect_if_orphan(t, key, o)
+        return out
 
     def apply(self, obj: Obj) -> Obj:
         with self._lock:
@@ -550,11 +611,13 @@ class KubeEmulator:
 
         return Handler
 
-    def _send_json(self, h: BaseHTTPRequestHandler, code: int, body: Obj) -> None:
+    def _send_json(self, h: BaseHTTPRequestHandler, code: int, body: Obj, warnings: Iterable[str] = ()) -> None:
         data = json.dumps(body).encode()
         h.send_response(code)
         h.send_header("Content-Type", "application/json")
         h.send_header("Content-Length", str(len(data)))
+        for w in warnings:
+            h.send_header("Warning", _warning_header(w))
         h.end_headers()
         h.wfile.write(data)
 
@@ -710,8 +773,8 @@ class KubeEmulator:
             return
         length = int(h.headers.get("Content-Length") or 0)
         body = json.loads(h.rfile.read(length) or b"{}") if length else {}
-        if method == "POST" and name is None:
-            self._post(h, t, version, ns, body)
+        if (method == "POST" and name is None) or (method in ("PUT", "PATCH") and name is not None and not is_status):
+            self._write(h, method, t, version, ns, name, body, query)
             return
         with self._lock:
             store = self._objects.setdefault((t.group, t.plural), {})
@@ -733,30 +796,6 @@ class KubeEmulator:
                     return
                 gone = self._delete(t, key)
                 self._send_json(h, 200, self._present(t, version, gone, with_type=True))
-                return
-            if method == "PUT" and not is_status:
-                rv = (body.get("metadata") or {}).get("resourceVersion")
-                if rv and rv != obj["metadata"].get("resourceVersion"):
-                    self._send_json(h, 409, _status(409, "Conflict", f'Operation cannot be fulfilled on {t.plural} '
-                                                    f'"{name}": the object has been modified'))
-                    return
-                if t.namespaced:
-                    body.setdefault("metadata", {})["namespace"] = obj["metadata"].get("namespace")
-                body["apiVersion"], body["kind"] = t.api_version(), t.kind
-                new = self.update(body)          # the lock is re-entrant (Condition over an RLock)
-                self._send_json(h, 200, self._present(t, version, new, with_type=True))
-                return
-            if method == "PATCH" and not is_status:
-                ctype = (h.headers.get("Content-Type") or "").split(";")[0]
-                if ctype not in ("application/merge-patch+json", "application/strategic-merge-patch+json"):
-                    self._send_json(h, 415, _status(415, "UnsupportedMediaType",
-                                                    f"patch type {ctype!r} is not emulated"))
-                    return
-                new = _merge_patch(obj, body)
-                new["apiVersion"], new["kind"] = t.api_version(), t.kind
-                new["metadata"]["name"] = name
-                new = self.update(new)
-                self._send_json(h, 200, self._present(t, version, new, with_type=True))
                 return
             if not is_status or method not in ("PUT", "PATCH"):
                 self._send_json(h, 405, _status(405, "MethodNotAllowed", "only status can be written here"))
@@ -789,6 +828,308 @@ class KubeEmulator:
             obj["metadata"]["resourceVersion"] = str(self._rv)
             self._record(t, "MODIFIED", obj)
             self._send_json(h, 200, self._present(t, version, obj, with_type=True))
+
+    # -- admission: validating webhooks on HTTP writes --------------------------------------------
+    def route_service(self, namespace: str, name: str, port: int = 443, host: str = "127.0.0.1",
+                      real_port: int | None = None) -> None:
+        """A webhook whose `clientConfig.service` is NAMESPACE/NAME at `port` (443 when the spec names
+        none) is called at `host`:`real_port` (default: `port`); TLS still verifies the name
+        `NAME.NAMESPACE.svc`, as kube-apiserver does."""
+        with self._lock:
+            self._service_routes[(namespace, name, int(port))] = (host, int(port if real_port is None else real_port))
+
+    def _user_of(self, h: BaseHTTPRequestHandler) -> Obj:
+        """The requester, as authentication would name it: the user of a bearer token registered with
+        add_user_token()/add_token(), else an administrator."""
+        auth = h.headers.get("Authorization") or ""
+        known = self._tokens.get(auth[7:].strip()) if auth.startswith("Bearer ") else None
+        if known is not None:
+            return copy.deepcopy(known["user"])
+        return {"username": "emulator-admin", "groups": ["system:masters", "system:authenticated"]}
+
+    def _write(self, h: BaseHTTPRequestHandler, method: str, t: ResourceType, version: str, ns: str | None,
+               name: str | None, body: Obj, query: dict[str, str]) -> None:
+        """POST (create), PUT (update) or PATCH (merge patch) of an object, as the API server does
+        them: the object that would be stored is admitted by the validating webhooks (called with no
+        lock held: a webhook may read from this server), then stored, or, with `dryRun=All`, only
+        answered. An update retries (admission again) if the object changed meanwhile."""
+        options_kind = {"POST": "CreateOptions", "PUT": "UpdateOptions", "PATCH": "PatchOptions"}[method]
+        if "dryRun" in query and query["dryRun"] != "All":
+            self._send_json(h, 422, _status(422, "Invalid", f'{options_kind}.meta.k8s.io "" is invalid: dryRun: '
+                                            f'Unsupported value: ["{query["dryRun"]}"]: supported values: "All"'))
+            return
+        dry = "dryRun" in query
+        if method == "PATCH":
+            ctype = (h.headers.get("Content-Type") or "").split(";")[0]
+            if ctype not in ("application/merge-patch+json", "application/strategic-merge-patch+json"):
+                self._send_json(h, 415, _status(415, "UnsupportedMediaType", f"patch type {ctype!r} is not emulated"))
+                return
+        operation = "CREATE" if method == "POST" else "UPDATE"
+        options: Obj = {"kind": options_kind, "apiVersion": "meta.k8s.io/v1"}
+        if dry:
+            options["dryRun"] = ["All"]
+        if query.get("fieldManager"):
+            options["fieldManager"] = query["fieldManager"]
+        user = self._user_of(h)
+        for _attempt in range(10):
+            with self._lock:
+                store = self._objects.setdefault((t.group, t.plural), {})
+                old: Obj | None = None
+                if method == "POST":
+                    b = copy.deepcopy(body)
+                    b["apiVersion"], b["kind"] = t.api_version(), t.kind
+                    md = b.setdefault("metadata", {})
+                    if t.namespaced:
+                        md["namespace"] = ns or md.get("namespace") or "default"
+                    if not md.get("name") and md.get("generateName"):
+                        md["name"] = md["generateName"] + uuid.uuid4().hex[:5]
+                    if not md.get("name"):
+                        self._send_json(h, 422, _status(422, "Invalid", f"{t.kind} \"\" is invalid: metadata.name: "
+                                                        "Required value: name or generateName is required"))
+                        return
+                    new = self._prepared_create(t, b)
+                else:
+                    key = (ns or "default" if t.namespaced else "", name or "")
+                    stored = store.get(key)
+                    if stored is None:
+                        self._send_json(h, 404, _status(404, "NotFound", f'{t.plural} "{name}" not found'))
+                        return
+                    old = copy.deepcopy(stored)
+                    if method == "PUT":
+                        rv = (body.get("metadata") or {}).get("resourceVersion")
+                        if rv and rv != old["metadata"].get("resourceVersion"):
+                            self._send_json(h, 409, _status(409, "Conflict", f'Operation cannot be fulfilled on '
+                                                            f'{t.plural} "{name}": the object has been modified; '
+                                                            "please apply your changes to the latest version and "
+                                                            "try again"))
+                            return
+                        b = copy.deepcopy(body)
+                        named = (b.get("metadata") or {}).get("name")
+                        if named != name:
+                            self._send_json(h, 400, _status(400, "BadRequest", f"the name of the object ({named}) "
+                                                            f"does not match the name on the URL ({name})"))
+                            return
+                        if t.namespaced:
+                            b.setdefault("metadata", {})["namespace"] = old["metadata"].get("namespace")
+                    else:
+                        b = _merge_patch(old, body)
+                        b.setdefault("metadata", {})["name"] = name
+                    b["apiVersion"], b["kind"] = t.api_version(), t.kind
+                    new = self._prepared_update(t, old, b)
+                key = self._key(t, new)
+                try:
+                    hooks = self._webhooks_for(t, version, operation, new, old)
+                except ValueError as e:
+                    self._send_json(h, 500, _internal_error(str(e)))
+                    return
+            refused, warnings = self._admit(hooks, t, version, operation, new, old, dry, options, user)
+            if refused is not None:
+                self._send_json(h, refused["code"], refused, warnings)
+                return
+            with self._lock:
+                store = self._objects.setdefault((t.group, t.plural), {})
+                if method == "POST":
+                    if key in store:
+                        self._send_json(h, 409, _status(409, "AlreadyExists",
+                                                        f'{t.plural} "{key[1]}" already exists'), warnings)
+                        return
+                    if dry:
+                        out = copy.deepcopy(new)
+                        self._cluster_ip(t, out, allocate=False)
+                    else:
+                        out = self._insert(t, new)
+                    self._send_json(h, 201, self._present(t, version, out, with_type=True), warnings)
+                    return
+                current = store.get(key)
+                if current is None:
+                    self._send_json(h, 404, _status(404, "NotFound", f'{t.plural} "{name}" not found'), warnings)
+                    return
+                assert old is not None
+                if current["metadata"].get("resourceVersion") != old["metadata"].get("resourceVersion"):
+                    continue        # changed while being admitted: again, from the current object
+                out = new if dry else self._replace(t, key, new)
+                self._send_json(h, 200, self._present(t, version, out, with_type=True), warnings)
+                return
+        self._send_json(h, 409, _status(409, "Conflict", f'Operation cannot be fulfilled on {t.plural} "{name}": '
+                                        "the object kept changing while it was admitted"))
+
+    def _webhooks_for(self, t: ResourceType, version: str, operation: str, obj: Obj,
+                      old: Obj | None) -> list[tuple[str, Obj, str]]:
+        """(configuration name, webhook, version matched) of every webhook that admits this request
+        (the lock held): configurations by name, webhooks in their order. ValueError for what is
+        not emulated."""
+        if t.group == "admissionregistration.k8s.io":
+            return []   # never called for webhook configurations themselves (no lock-out), as kube-apiserver
+        out = []
+        configs = self._objects.get(("admissionregistration.k8s.io", "validatingwebhookconfigurations"), {})
+        for _, cfg in sorted(configs.items()):
+            for hook in cfg.get("webhooks") or []:
+                matched = _rule_version(hook, t, version, operation)
+                if matched is None or not self._namespace_selected(hook, t, obj):
+                    continue
+                selector = hook.get("objectSelector")
+                if not (_labels_selected(selector, _labels(obj))
+                        or old is not None and _labels_selected(selector, _labels(old))):
+                    continue
+                if hook.get("matchConditions"):
+                    raise ValueError(f'webhook "{hook.get("name")}": matchConditions (CEL) are not emulated')
+                out.append((cfg["metadata"]["name"], copy.deepcopy(hook), matched))
+        return out
+
+    def _namespace_selected(self, hook: Obj, t: ResourceType, obj: Obj) -> bool:
+        """namespaceSelector: on the labels of the object's namespace (a Namespace: its own labels;
+        another cluster-scoped object always matches). A namespace that is not among the objects has
+        only the label kubernetes.io/metadata.name, which the API server puts on every namespace."""
+        md = obj.get("metadata") or {}
+        if (t.group, t.plural) == ("", "namespaces"):
+            labels = {**(md.get("labels") or {}), "kubernetes.io/metadata.name": md.get("name", "")}
+        elif not t.namespaced:
+            return True
+        else:
+            namespace = self._objects.get(("", "namespaces"), {}).get(("", md.get("namespace", "")))
+            labels = {**_labels(namespace or {}), "kubernetes.io/metadata.name": md.get("namespace", "")}
+        return _labels_selected(hook.get("namespaceSelector"), labels)
+
+    def _admit(self, hooks: list[tuple[str, Obj, str]], t: ResourceType, version: str, operation: str,
+               obj: Obj, old: Obj | None, dry: bool, options: Obj,
+               user: Obj) -> tuple[Obj | None, list[str]]:
+        """Call every webhook (no lock held), in order; (the refusal, as a Status, or None; the
+        warnings). All are called, as kube-apiserver calls them all (in parallel); the first refusal
+        in order is the answer."""
+        refusals: list[Obj] = []
+        warnings: list[str] = []
+        md = obj.get("metadata") or {}
+        namespace = md.get("namespace") if t.namespaced else (md.get("name") if t.plural == "namespaces" else None)
+        for cfg_name, hook, matched in hooks:
+            hook_name = hook.get("name", "")
+            call: Obj = {"configuration": cfg_name, "webhook": hook_name, "operation": operation, "dryRun": dry,
+                         "resource": t.plural, "namespace": namespace, "name": md.get("name"), "request": None}
+            try:
+                if dry and hook.get("sideEffects") not in ("None", "NoneOnDryRun"):
+                    if hook.get("sideEffects") is None:
+                        raise _CallFailed("Webhook SideEffects is nil")
+                    refusals.append(_status(400, "BadRequest", f'admission webhook "{hook_name}" does not support '
+                                                               "dry run"))
+                    call["result"] = "error: does not support dry run"
+                    continue
+                review_version = next((v for v in hook.get("admissionReviewVersions") or []
+                                       if v in ("v1", "v1beta1")), None)
+                if review_version is None:
+                    raise _CallFailed("webhook does not accept known AdmissionReview versions (v1, v1beta1)")
+                request: Obj = {
+                    "uid": str(uuid.uuid4()),
+                    "kind": {"group": t.group, "version": matched, "kind": t.kind},
+                    "resource": {"group": t.group, "version": matched, "resource": t.plural},
+                    "requestKind": {"group": t.group, "version": version, "kind": t.kind},
+                    "requestResource": {"group": t.group, "version": version, "resource": t.plural},
+                    "name": md.get("name"),
+                    "operation": operation,
+                    "userInfo": user,
+                    "object": self._present(t, matched, obj, with_type=True),
+                    "oldObject": self._present(t, matched, old, with_type=True) if old is not None else None,
+                    "dryRun": dry,
+                    "options": options,
+                }
+                if namespace:
+                    request["namespace"] = namespace
+                call["request"] = request
+                response = self._call_webhook(hook, {"apiVersion": f"admission.k8s.io/{review_version}",
+                                                     "kind": "AdmissionReview", "request": request})
+            except _CallFailed as e:
+                detail = f'failed calling webhook "{hook_name}": {e}'
+                call["result"] = f"error: {detail}"
+                if hook.get("failurePolicy", "Fail") != "Ignore":
+                    refusals.append(_internal_error(detail))
+                continue
+            finally:
+                with self._lock:
+                    self.admission_calls.append(call)
+            warnings += [w for w in response.get("warnings") or [] if isinstance(w, str) and w not in warnings]
+            if response.get("allowed") is True:
+                call["result"] = "allowed"
+            else:
+                call["result"] = "denied"
+                refusals.append(_denied(hook_name, response.get("status")))
+        return (refusals[0] if refusals else None), warnings
+
+    def _call_webhook(self, hook: Obj, review: Obj) -> Obj:
+        """POST the AdmissionReview over HTTPS as kube-apiserver does; the verified `response`, or
+        _CallFailed."""
+        cc = hook.get("clientConfig") or {}
+        timeout = float(hook.get("timeoutSeconds") or 10)
+        if cc.get("url"):
+            u = urlsplit(cc["url"])
+            if u.scheme != "https" or not u.hostname:
+                raise _CallFailed(f"webhook url {cc['url']!r} must be https://host[:port]/path")
+            server_name, port = u.hostname, u.port or 443
+            path = (u.path or "/") + (f"?{u.query}" if u.query else "")
+            address: tuple[str, int] | None = (u.hostname, port)
+        elif cc.get("service"):
+            svc = cc["service"]
+            server_name, port = f"{svc.get('name')}.{svc.get('namespace')}.svc", int(svc.get("port") or 443)
+            path = svc.get("path") or "/"
+            with self._lock:
+                address = self._service_routes.get((svc.get("namespace"), svc.get("name"), port))
+        else:
+            raise _CallFailed("clientConfig names neither url nor service")
+        path += ("&" if "?" in path else "?") + f"timeout={timeout:g}s"
+        shown = f'Post "https://{server_name}:{port}{path}"'
+        if address is None:
+            raise _CallFailed(f'failed to call webhook: {shown}: service "{svc.get("name")}" not found '
+                              f"(the emulator has no route_service({svc.get('namespace')!r}, {svc.get('name')!r}, "
+                              f"{port}))")
+        try:
+            ctx = (ssl.create_default_context(cadata=base64.b64decode(cc["caBundle"]).decode())
+                   if cc.get("caBundle") else ssl.create_default_context())
+        except (ValueError, ssl.SSLError) as e:
+            raise _CallFailed(f"could not get REST client: unable to load root certificates: {e}") from e
+        data = json.dumps(review).encode()
+        try:
+            raw = socket.create_connection(address, timeout=timeout)
+            try:
+                sock = ctx.wrap_socket(raw, server_hostname=server_name)
+            except BaseException:
+                raw.close()
+                raise
+            conn = http.client.HTTPConnection(server_name, port, timeout=timeout)
+            conn.sock = sock
+            try:
+                conn.request("POST", path, body=data, headers={"Content-Type": "application/json",
+                                                                "Accept": "application/json, */*"})
+                resp = conn.getresponse()
+                status, payload = resp.status, resp.read()
+            finally:
+                conn.close()
+        except ssl.SSLCertVerificationError as e:
+            raise _CallFailed(f"failed to call webhook: {shown}: tls: failed to verify certificate: "
+                              f"{e.verify_message}") from e
+        except TimeoutError as e:
+            raise _CallFailed(f"failed to call webhook: {shown}: context deadline exceeded") from e
+        except (OSError, http.client.HTTPException) as e:
+            raise _CallFailed(f"failed to call webhook: {shown}: {e}") from e
+        if status != 200:
+            text = payload.decode("utf-8", "replace").strip()
+            raise _CallFailed(f"failed to call webhook: the server responded with the status code {status}"
+                              + (f': "{text[:200]}"' if text else " but did not return more information"))
+        try:
+            answer = json.loads(payload)
+        except ValueError as e:
+            raise _CallFailed(f"received invalid webhook response: {e}") from e
+        if not isinstance(answer, dict):
+            raise _CallFailed("received invalid webhook response: not an object")
+        if answer.get("apiVersion") != review["apiVersion"] or answer.get("kind") != "AdmissionReview":
+            raise _CallFailed(f"received invalid webhook response: expected webhook response of "
+                              f"{review['apiVersion']}, Kind=AdmissionReview, got {answer.get('apiVersion')}, "
+                              f"Kind={answer.get('kind')}")
+        response = answer.get("response")
+        if not isinstance(response, dict):
+            raise _CallFailed("received invalid webhook response: webhook response was absent")
+        if response.get("uid") != review["request"]["uid"]:
+            raise _CallFailed(f'received invalid webhook response: expected response.uid="{review["request"]["uid"]}"'
+                              f', got "{response.get("uid")}"')
+        if response.get("patch"):
+            raise _CallFailed("received invalid webhook response: validating webhook may not return response.patch")
+        return response
 
     def _faulted(self, h: BaseHTTPRequestHandler, fault: Fault) -> bool:
         """Answer as `fault` says; False when the request is then served normally (a delay alone)."""
@@ -823,19 +1164,6 @@ class KubeEmulator:
                 self._end(h)
             return True
         return False
-
-    def _post(self, h: BaseHTTPRequestHandler, t: ResourceType, version: str, ns: str | None, body: Obj) -> None:
-        body = dict(body)
-        body["apiVersion"], body["kind"] = t.api_version(), t.kind
-        md = body.setdefault("metadata", {})
-        if t.namespaced:
-            md["namespace"] = ns or md.get("namespace") or "default"
-        try:
-            created = self.create(body)
-        except KeyError:
-            self._send_json(h, 409, _status(409, "AlreadyExists", f'{t.plural} "{md.get("name")}" already exists'))
-            return
-        self._send_json(h, 201, self._present(t, version, created, with_type=True))
 
     def _present(self, t: ResourceType, version: str, obj: Obj, with_type: bool) -> Obj:
         o = copy.deepcopy(obj)
@@ -1010,3 +1338,85 @@ def _merge_patch(target: Any, patch: Any) -> Any:
         else:
             out[k] = _merge_patch(out.get(k), v)
     return out
+
+
+def _labels(obj: Obj) -> dict[str, str]:
+    return dict((obj.get("metadata") or {}).get("labels") or {})
+
+
+def _labels_selected(selector: Obj | None, labels: dict[str, str]) -> bool:
+    """A metav1.LabelSelector (absent or empty: everything) on `labels`; ValueError for an unknown operator."""
+    for k, v in ((selector or {}).get("matchLabels") or {}).items():
+        if labels.get(k) != v:
+            return False
+    for e in (selector or {}).get("matchExpressions") or []:
+        key, op, values = e.get("key"), e.get("operator"), e.get("values") or []
+        if op == "In":
+            ok = key in labels and labels[key] in values
+        elif op == "NotIn":
+            ok = labels.get(key) not in values
+        elif op == "Exists":
+            ok = key in labels
+        elif op == "DoesNotExist":
+            ok = key not in labels
+        else:
+            raise ValueError(f"label selector operator {op!r} is not valid (In, NotIn, Exists, DoesNotExist)")
+        if not ok:
+            return False
+    return True
+
+
+def _rule_matches(rule: Obj, t: ResourceType, version: str, operation: str) -> bool:
+    """One RuleWithOperations on a request for the object itself (no subresource): a bare `*`
+    resource matches no subresource, `*/*` and `plural/*` match the object too."""
+    def has(field: str, value: str) -> bool:
+        return any(v in ("*", value) for v in rule.get(field) or [])
+
+    resources = [r.split("/", 1) + [""] for r in rule.get("resources") or []]
+    scope = rule.get("scope") or "*"
+    return (has("operations", operation) and has("apiGroups", t.group) and has("apiVersions", version)
+            and any(r in ("*", t.plural) and sub in ("*", "") for r, sub, *_ in resources)
+            and (scope == "*" or (scope == "Namespaced") == t.namespaced))
+
+
+def _rule_version(hook: Obj, t: ResourceType, version: str, operation: str) -> str | None:
+    """The version at which one of the webhook's rules matches the request: the request's own, or
+    with matchPolicy Equivalent (the default) another version of the same resource (the object is
+    then sent at that version, as kube-apiserver converts it); None if none matches."""
+    versions = [version] + ([v for v in t.versions if v != version]
+                            if (hook.get("matchPolicy") or "Equivalent") == "Equivalent" else [])
+    return next((v for v in versions if any(_rule_matches(r, t, v, operation) for r in hook.get("rules") or [])),
+                None)
+
+
+def _denied(webhook: str, result: Obj | None) -> Obj:
+    """A webhook's refusal as kube-apiserver answers it (apiserver webhook/errors ToStatusErr)."""
+    result = result if isinstance(result, dict) else {}
+    code = result.get("code") if isinstance(result.get("code"), int) and result["code"] >= 400 else 400
+    denied = f'admission webhook "{webhook}" denied the request'
+    if result.get("message"):
+        message = f"{denied}: {result['message']}"
+    elif result.get("reason"):
+        message = f"{denied}: {result['reason']}"
+    else:
+        message = f"{denied} without explanation"
+    out: Obj = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": message,
+                "code": code}
+    for f in ("reason", "details"):
+        if result.get(f):
+            out[f] = result[f]
+    return out
+
+
+def _internal_error(detail: str) -> Obj:
+    """apierrors.NewInternalError: 500 InternalError."""
+    return {**_status(500, "InternalError", f"Internal error occurred: {detail}"),
+            "details": {"causes": [{"message": detail}]}}
+
+
+def _warning_header(text: str) -> str:
+    """A `Warning` header value as kube-apiserver sends one: `299 - "text"`, quotes and backslashes
+    escaped, control characters dropped; UTF-8 bytes carried as latin-1 (what http.server encodes)."""
+    text = "".join(c if c >= " " and c != "\x7f" else " " for c in text)
+    quoted = text.replace("\\", "\\\\").replace('"', '\\"')
+    return f'299 - "{quoted}"'.encode().decode("latin-1")
