@@ -77,7 +77,7 @@ def probe_verdict(status: int, body: str) -> tuple[bool, str]:
     if NO_DRY_RUN in body:      # istiod assumes ready here too: the check cannot be made
         return True, ""
     if status in (200, 201):
-        return False, "the API server stored an invalid object in a dry run without calling the webhook " \
+        return False, "the API server accepted an invalid object in a dry run without calling the webhook " \
                       "(its caBundle is not in effect yet, or the call failed and failurePolicy is Ignore)"
     return False, f"the dry run was answered {status}: {body[:300]}"
 

@@ -18,7 +18,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from controller.validation import FieldError, object_ref, validate_object
+from controller.validation import FieldError, object_ref, validate_object, without_nulls
 
 Obj = dict[str, Any]
 
@@ -64,6 +64,18 @@ def _named(obj: Any) -> Any:
     return obj
 
 
+def advice(obj: Obj) -> tuple[str, ...]:
+    """What `ambit apply` warns about in this object alone, for `kubectl apply` to print as
+    `Warning:` lines: a match no request satisfies (AMB0133), a rule no request reaches (AMB0134).
+    Advisories that need other objects (a host no waypoint serves, a port the Service lacks) come
+    later, in the object's `Enforced` condition, when the controller has the cluster's objects."""
+    from controller.waypoints.never_match import never_matching
+    from controller.waypoints.unreachable import unreachable_rules
+    good = [without_nulls(obj)]
+    found = never_matching(good) + unreachable_rules(good)
+    return tuple(_warning(f"{ref}: {path}: {why}" if path else f"{ref}: {why}") for ref, path, why in found[:MAX_WARNINGS])
+
+
 def judge(request: Obj) -> Verdict:
     """The verdict on one `request` of an AdmissionReview."""
     op = request.get("operation")
@@ -75,7 +87,7 @@ def judge(request: Obj) -> Verdict:
     errors = validate_object(_named(obj))
     ref = errors[0].ref if errors else object_ref(obj)
     if not errors:
-        return Verdict(True, ref=ref, operation=op)
+        return Verdict(True, ref=ref, operation=op, warnings=advice(obj))
     md = obj.get("metadata") if isinstance(obj, dict) else None
     if op == "UPDATE" and isinstance(md, dict) and md.get("deletionTimestamp"):
         # An object on its way out: its finalizers' removal must never be refused.

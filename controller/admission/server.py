@@ -108,8 +108,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return
         REVIEWS.labels(verdict.operation, "allowed" if verdict.allowed else "denied").inc()
         if not verdict.allowed:
-            log.info("refused %s of %s: %s", verdict.operation.lower(), verdict.ref,
-                     verdict.message.replace("\n", "; "))
+            log.info("refused a %s: %s", verdict.operation.lower(), verdict.message.replace("\n", "; "))
         self._send(200, _json(review), "application/json")
 
     def do_GET(self) -> None:  # noqa: N802

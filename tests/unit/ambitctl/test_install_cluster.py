@@ -206,3 +206,36 @@ def test_upgrade_stops_when_this_version_refuses_configuration_the_cluster_holds
     assert rc == 0 and "upgrading anyway (--force)" in err
     ds = emu.get("apps/v1", "DaemonSet", "ambit-node", "ambit-system")
     assert ds is not None and ds["spec"]["template"]["spec"]["containers"][0]["image"] == "ambit:0.2.0"
+
+
+def test_a_rerun_keeps_the_webhook_ca_and_failure_policy_the_controller_wrote(
+        emu: KubeEmulator, capsys: pytest.CaptureFixture[str]) -> None:
+    """`ambit install` renders the webhook configuration without a caBundle and `Ignore`; the
+    controller's leader fills in the roots and switches it to `Fail` (controller/admission/patcher.py).
+    A re-run or an upgrade must not take it back to "no CA, Ignore" (writes unchecked until the
+    controller noticed), nor report a change that is the controller's."""
+    from controller.admission.patcher import CONFIG_NAME
+    assert run(capsys, emu, "install", "--image", "ambit:0.1.0")[0] == 0
+    cfg = emu.get("admissionregistration.k8s.io/v1", "ValidatingWebhookConfiguration", CONFIG_NAME, "")
+    assert cfg is not None and cfg["webhooks"][0]["failurePolicy"] == "Ignore"
+    cfg["webhooks"][0]["clientConfig"]["caBundle"] = "LS0tLS1CRUdJTg=="
+    cfg["webhooks"][0]["failurePolicy"] = "Fail"
+    emu.update(cfg)
+    rc, out, _ = run(capsys, emu, "install", "--image", "ambit:0.1.0")
+    assert rc == 0 and f"validatingwebhookconfiguration/{CONFIG_NAME} unchanged" in out
+    rc, out, _ = run(capsys, emu, "install", "--image", "ambit:0.1.0", "--set", "logLevel=DEBUG")
+    assert rc == 0
+    now = emu.get("admissionregistration.k8s.io/v1", "ValidatingWebhookConfiguration", CONFIG_NAME, "")
+    assert now is not None and now["webhooks"][0]["failurePolicy"] == "Fail"
+    assert now["webhooks"][0]["clientConfig"]["caBundle"] == "LS0tLS1CRUdJTg=="
+    # a change of the rendering itself still lands, with the controller's fields kept
+    now["webhooks"][0]["timeoutSeconds"] = 3
+    emu.update(now)
+    rc, out, _ = run(capsys, emu, "install", "--image", "ambit:0.1.0", "--set", "logLevel=DEBUG")
+    assert rc == 0 and f"validatingwebhookconfiguration/{CONFIG_NAME} updated" in out
+    now = emu.get("admissionregistration.k8s.io/v1", "ValidatingWebhookConfiguration", CONFIG_NAME, "")
+    assert now is not None and now["webhooks"][0]["timeoutSeconds"] == 10
+    assert now["webhooks"][0]["failurePolicy"] == "Fail" and now["webhooks"][0]["clientConfig"]["caBundle"]
+    # uninstall removes it (a Fail configuration left behind would refuse every write of Istio's kinds)
+    assert run(capsys, emu, "uninstall")[0] == 0
+    assert emu.get("admissionregistration.k8s.io/v1", "ValidatingWebhookConfiguration", CONFIG_NAME, "") is None

@@ -73,6 +73,23 @@ def test_an_update_that_leaves_the_stored_problems_as_they_were_is_allowed_with_
     assert r["allowed"] is False and "DENY action without" in r["status"]["message"]
 
 
+def test_what_ambit_apply_warns_about_in_the_object_alone_comes_back_as_warnings() -> None:
+    """A DENY of `delete` denies nothing (methods are case-sensitive): stored, but kubectl prints why."""
+    r = answer(review("CREATE", ap(action="DENY", rules=[{"to": [{"operation": {"methods": ["delete"]}}]}])))[0]
+    assert r["response"]["allowed"] is True
+    [w] = r["response"]["warnings"]
+    assert w.startswith("AuthorizationPolicy/demo/deny-admin: spec.rules[0].to[0].operation.methods[0]: ")
+    assert '"DELETE"' in w
+    vs = {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService", "metadata": {"name": "r", "namespace": "demo"},
+          "spec": {"hosts": ["r"], "http": [{"route": [{"destination": {"host": "r"}}]},
+                                            {"match": [{"uri": {"prefix": "/admin"}}], "fault": {"abort": {
+                                                "httpStatus": 403, "percentage": {"value": 100}}},
+                                             "route": [{"destination": {"host": "r"}}]}]}}
+    r = answer(review("CREATE", vs))[0]["response"]
+    assert r["allowed"] is True and any("spec.http[1]" in w for w in r["warnings"])
+    assert "warnings" not in answer(review("CREATE", ap(action="DENY", rules=[{}])))[0]["response"]
+
+
 def test_an_object_being_deleted_is_never_refused_and_delete_is_not_validated() -> None:
     going = ap(action="DENY")
     going["metadata"]["deletionTimestamp"] = "2026-12-07T12:00:00Z"
