@@ -186,7 +186,8 @@ def controller_args(o: argparse.Namespace) -> list[str]:
             "--waypoint-image", o.image, "--waypoint-pull-policy", o.pull_policy,
             "--waypoint-controller", f"{CONTROLLER}.{o.namespace}.svc:{GRPC_PORT}",
             "--waypoint-workers", str(o.waypoint_workers),
-            "--mesh-config", f"{MESH_CONFIG_DIR}/mesh.yaml", "--webhook-listen", f"0.0.0.0:{WEBHOOK_PORT}",
+            "--mesh-config", f"{MESH_CONFIG_DIR}/mesh.yaml",
+            *(["--webhook-listen", f"0.0.0.0:{WEBHOOK_PORT}"] if o.config_validation else []),
             *_cluster_domain_args(o)]
 
 
@@ -452,7 +453,7 @@ def objects(o: argparse.Namespace) -> list[Obj]:
             + _namespaced_rbac(CONTROLLER, o.namespace, CONTROLLER, controller_namespace_rules())
             + _rbac(NODE, o.namespace, ZTUNNEL_SA, node_rules(o.repair_pods))
             + _namespaced_rbac(NODE, o.namespace, ZTUNNEL_SA, node_namespace_rules())
-            + controller_objects(o) + [validating_webhook(o), node_daemonset(o)])
+            + controller_objects(o) + ([validating_webhook(o)] if o.config_validation else []) + [node_daemonset(o)])
 
 
 class _NoAliases(yaml.SafeDumper):
@@ -576,6 +577,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="the nodes' CNI plugin directory (k3s: /var/lib/rancher/k3s/data/cni)")
     p.add_argument("--cni-python", default="/usr/bin/python3",
                    help="the nodes' Python 3, which runs the CNI plugin (standard library only)")
+    p.add_argument("--config-validation", type=_switch, default=True, metavar="true|false",
+                   help="the controller's validating admission webhook (Istio's global.configValidation): the API "
+                        "server refuses invalid Istio and Ambit objects at the write (default true; false: they are "
+                        "stored and refused in their status only; docs/operations.md 'The admission webhook')")
     p.add_argument("--repair-pods", default="delete", choices=("off", "label", "delete"),
                    help="what each node's agent does with a running enrolled pod whose capture keeps failing (it "
                         "runs uncaptured, a STRICT gap): delete it if a controller owns it, so it is re-created "
@@ -599,7 +604,8 @@ SET_KEYS = {"namespace": "namespace", "image": "image", "pullPolicy": "pull_poli
             "meshConfig.outboundTrafficPolicy.mode": "outbound_traffic_policy",     # istioctl's key
             "outboundTrafficPolicy": "outbound_traffic_policy", "ztunnelWorkers": "ztunnel_workers",
             "ztunnelMemoryRequest": "ztunnel_memory_request", "waypointWorkers": "waypoint_workers",
-            "repairPods": "repair_pods", "dnsCapture": "dns_capture"}
+            "repairPods": "repair_pods", "dnsCapture": "dns_capture", "configValidation": "config_validation",
+            "global.configValidation": "config_validation"}     # Istio's key
 
 
 def apply_sets(o: argparse.Namespace, sets: list[str]) -> argparse.Namespace:

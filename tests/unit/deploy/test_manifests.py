@@ -327,6 +327,19 @@ def test_the_webhook_configuration_reaches_the_controllers_webhook_under_its_cer
     assert order.index("Deployment") < order.index("ValidatingWebhookConfiguration")
 
 
+@pytest.mark.parametrize("argv", [("--config-validation", "false"), ("--set", "global.configValidation=false")])
+def test_config_validation_off_renders_no_webhook_configuration_and_no_webhook_listener(argv: tuple[str, ...]) -> None:
+    from controller.__main__ import parse_args
+    o = install.parse(list(argv[:2]) if argv[0] != "--set" else [])
+    if argv[0] == "--set":
+        o = install.apply_sets(o, [argv[1]])
+    docs = [d for d in yaml.safe_load_all(install.render(o)) if d is not None]
+    assert not any(d["kind"] == "ValidatingWebhookConfiguration" for d in docs)
+    c = container(docs, "Deployment", "ambit-controller", "controller")
+    assert parse_args(expand(c["args"], c)).webhook_listen == ""
+    assert any(d["kind"] == "ValidatingWebhookConfiguration" for d in render())     # on by default
+
+
 def test_outbound_traffic_policy_reaches_the_controller_through_its_mounted_mesh_config(tmp_path: Path) -> None:
     """`--set meshConfig.outboundTrafficPolicy.mode=REGISTRY_ONLY` (istioctl's key): a ConfigMap the
     controller mounts as its --mesh-config, which the controller's own parser accepts."""
