@@ -55,9 +55,13 @@ ServiceAccounts = Arr(Str(min_len=1, valid=_check_service_account), max_items=16
 
 
 def _principals_xor_service_accounts(value: dict[str, Any], path: str, errs: Errors) -> None:
-    if (value.get("principals") or value.get("notPrincipals")) and (
-            value.get("serviceAccounts") or value.get("notServiceAccounts")):
-        errs.append((path, "serviceAccounts cannot be combined with principals"))
+    """Istio refuses the combination (pkg/config/validation: "cannot set serviceAccounts with
+    namespaces or principals"): a service account already names its namespace, and a policy
+    meaning both would be read differently by different readers."""
+    if (value.get("principals") or value.get("notPrincipals") or value.get("namespaces")
+            or value.get("notNamespaces")) and (value.get("serviceAccounts") or value.get("notServiceAccounts")):
+        errs.append((path, "cannot set serviceAccounts with namespaces or principals (as in Istio): a service "
+                           "account is `namespace/name`, so write the namespaces there"))
 
 
 def _check_trust_domain_value(text: str) -> str | None:

@@ -383,7 +383,11 @@ def test_authorization_policy_fields_and_rules() -> None:
      "unknown condition key"),
     ({"rules": [{"when": [{"key": "source.namespace"}]}]}, "spec.rules[0].when[0]", "one of values or notValues"),
     ({"rules": [{"from": [{"source": {"principals": ["a"], "serviceAccounts": ["ns/sa"]}}]}]},
-     "spec.rules[0].from[0].source", "serviceAccounts cannot be combined with principals"),
+     "spec.rules[0].from[0].source", "cannot set serviceAccounts with namespaces or principals"),
+    ({"rules": [{"from": [{"source": {"notNamespaces": ["a"], "serviceAccounts": ["ns/sa"]}}]}]},
+     "spec.rules[0].from[0].source", "cannot set serviceAccounts with namespaces or principals"),
+    ({"rules": [{"from": [{"source": {"namespaces": ["a"], "notServiceAccounts": ["ns/sa"]}}]}]},
+     "spec.rules[0].from[0].source", "cannot set serviceAccounts with namespaces or principals"),
     ({"targetRef": {"kind": "Pod", "name": "a"}}, "spec.targetRef.kind", "must be one of Gateway, Service"),
 ])
 def test_authorization_policy_rejections(spec: dict, path: str, fragment: str) -> None:
