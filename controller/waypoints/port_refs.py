@@ -123,6 +123,18 @@ def _virtual_service(o: Obj, hosts: Hosts) -> list[tuple[str, str, str]]:
                     out.append((ref, f"spec.{section}[{i}].route[{j}].destination.port.number", (
                         f"{found[0]}: the proxy sends to a Service port (and maps it to the targetPort itself), so "
                         f"every {what} routed here fails (503, no healthy upstream){_write(found[1])}")))
+            mirrors = [(f"spec.{section}[{i}].mirror", r.get("mirror"))] if r.get("mirror") else []
+            mirrors += [(f"spec.{section}[{i}].mirrors[{k}].destination", m.get("destination"))
+                        for k, m in enumerate(r.get("mirrors") or []) if isinstance(m, dict)]
+            for where, dest in mirrors:
+                dest = dest if isinstance(dest, dict) else {}
+                port = _as_port((dest.get("port") or {}).get("number"))
+                svc = hosts.by_host.get(hosts.fqdn(str(dest.get("host", "")), ns))
+                found = _not_a_service_port(port, [svc]) if port and svc is not None else None
+                if found:
+                    out.append((ref, f"{where}.port.number", (
+                        f"{found[0]}: the proxy sends the copy to a Service port, so no mirrored copy ever arrives "
+                        f"(the requests themselves are unaffected){_write(found[1])}")))
     return out
 
 

@@ -127,6 +127,21 @@ def test_the_warning_is_about_what_happens_a_destination_port_the_service_lacks_
     assert [(p.ip, p.port) for p in candidates(svc, 80, None, by_uid, {})] == [("10.244.1.5", 8080)]
 
 
+def test_a_mirror_port_the_service_lacks_is_warned_in_mirror_and_mirrors() -> None:
+    """A copy sent to the targetPort finds no endpoint (no healthy upstream, as a route's 503
+    above), so the mirror never receives anything, and nothing says so."""
+    one = vs({"http": [{"route": [{"destination": {"host": "other"}}],
+                        "mirror": {"host": "myapp", "port": {"number": 8080}}}]})
+    why = warned(one).pop("spec.http[0].mirror.port.number")
+    assert has(why, f"port 8080 is not a port of {PAIRS}", "no mirrored copy ever arrives", "write 80")
+    many = vs({"http": [{"route": [{"destination": {"host": "other"}}],
+                         "mirrors": [{"destination": {"host": "myapp", "port": {"number": 80}}},
+                                     {"destination": {"host": "myapp", "port": {"number": 8080}}}]}]})
+    assert list(warned(many)) == ["spec.http[0].mirrors[1].destination.port.number"]
+    ok = vs({"http": [{"route": [{"destination": {"host": "other"}}], "mirror": {"host": "myapp", "port": {"number": 80}}}]})
+    assert warned(ok) == {}
+
+
 def test_a_destination_port_is_analyzed_as_amb0136() -> None:
     assert CODES["AMB0136"].severity == WARNING and CODES["AMB0136"].name == "PortNotFound"
     found = [(f.code, f.path) for f in analyze(BASE + [to_port(8080)], complete=True) if f.code == "AMB0136"]
