@@ -21,6 +21,7 @@ import asyncio
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -135,13 +136,13 @@ class Replicas:
                     continue
                 if isinstance(ev, dict):
                     merge.event(peer.name, ev)
-            merge.ended(peer.name, "it closed the tap (stopping?)")
+            merge.ended(peer.name, "it closed the tap (stopping?)", time.monotonic())
         except grpc.aio.AioRpcError as e:
-            merge.ended(peer.name, f"{e.code().name}: {e.details() or ''}")
+            merge.ended(peer.name, f"{e.code().name}: {e.details() or ''}", time.monotonic())
         except asyncio.CancelledError:
             raise
         except Exception as e:  # noqa: BLE001 - a bad root, an unparsable address: this peer's end
-            merge.ended(peer.name, f"{type(e).__name__}: {e}")
+            merge.ended(peer.name, f"{type(e).__name__}: {e}", time.monotonic())
         finally:
             if call is not None:
                 call.cancel()

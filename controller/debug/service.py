@@ -378,6 +378,15 @@ class DebugServicer(debug_pb2_grpc.DebugServiceServicer):
                     f"no answer in {FILTER_WAIT + 1.0:.0f}s; its flows join once it answers")}, name)
             reported = 0
             while not self.feeds.closing:
+                if self.peers is not None and not request.local_only:
+                    # replicas that appeared, or came back, since: a rolling update replaces them all
+                    parts = [t for t in parts if not t.done()]
+                    listed, _ = self.peers.peers()
+                    merge.forget({p.name for p in listed})
+                    for p in listed:
+                        if len(merge.parts) < self.peers.max_peers or p.name in merge.parts:
+                            if merge.join(p.name, p.address, time.monotonic()):
+                                parts.append(asyncio.ensure_future(self.peers.tap(p, ask, auth, merge)))
                 await reader.sub.wait(HEARTBEAT)
                 batch = reader.sub.drain()
                 for ev in batch:

@@ -410,3 +410,45 @@ def test_a_replica_killed_mid_tap_is_said_stopped_and_the_tap_goes_on_from_the_o
     assert st.returncode == 1
     assert f"PARTIAL: controller replica ctl-b ({mesh['b']}) did not answer: UNAVAILABLE" in st.stdout, st.stdout
     assert "ztunnel/node-a" in st.stdout and "ztunnel/node-b" not in st.stdout
+
+
+def test_a_tap_follows_the_replicas_one_coming_back_and_one_joining(
+        mesh: dict[str, Any], feeds: dict[str, Feed]) -> None:
+    """A rolling update replaces every replica during a long tap: b restarts in place (a container
+    restart: same pod, same address) and c appears; the tap asked of a taps both again, saying so,
+    instead of going on with a's proxies alone."""
+    c = mesh["cluster"]
+    tap = Tap(mesh, "--max-events", "2")
+    feed_c = None
+    try:
+        wait_for(lambda: (feeds["b"].hub.active and tap.said("tapping")) or tap.proc.poll() is not None,
+                 timeout=20, what="node-b tapping for the reader")
+        b = c.procs["ctl-b"]
+        b.send_signal(signal.SIGKILL)
+        b.wait(5)
+        wait_for(lambda: tap.said("controller replica ctl-b: stopped") or tap.proc.poll() is not None,
+                 timeout=10, what="the tap saying b stopped")
+        port_b = int(mesh["b"].rsplit(":", 1)[1])
+        c.controller("ctl-b", port_b)                     # back at the same address
+        wait_for(lambda: tap.said("controller replica ctl-b: tapped again") or tap.proc.poll() is not None,
+                 timeout=30, what="the tap opening b again")
+        assert tap.said(f"tapped again ({mesh['b']}): tapping ztunnel/node-b"), tap.err
+        port_c = free_port()
+        c.emu.create(controller_objects({"ctl-c": port_c})[1])
+        feed_c = None
+        addr_c = c.controller("ctl-c", port_c)
+        feed_c = Feed(mesh["proxies"], addr_c, "node-c")
+        wait_for(lambda: tap.said("controller replica ctl-c: joined") or tap.proc.poll() is not None,
+                 timeout=30, what="the tap joining c")
+        wait_for(lambda: feed_c.hub.active and feeds["b"].hub.active, timeout=10, what="node-b and node-c tapping")
+        assert tap.proc.poll() is None, tap.err
+        feeds["b"].publish(flow("on-b"))
+        feed_c.publish(flow("on-c"))
+    finally:
+        code, events, err = tap.finish()
+        if feed_c is not None:
+            feed_c.stop()
+    assert code == 0, err
+    assert {(e["dst"]["workload"], e["replica"]) for e in events} == {("on-b", "ctl-b"), ("on-c", "ctl-c")}
+    assert err.count("controller replica ctl-b: stopped") == 1, err
+    assert f"warning: controller replica ctl-c: joined ({addr_c}): tapping ztunnel/node-c" in err, err

@@ -73,6 +73,57 @@ def test_peers_over_the_bound_are_named_and_a_peers_own_warning_is_labelled() ->
     assert warning == {"type": "error", "replica": "ctl-b", "error": "not yet tapping (no answer in 5s): ztunnel/node-b"}
 
 
+def test_a_replica_that_appears_during_a_tap_joins_it_and_is_said_once_it_taps() -> None:
+    """A rolling update replaces every replica: the tap follows them instead of thinning out."""
+    m = TapMerge([(B.name, B.address)])
+    m.event("ctl-b", {"type": "status", "feeds": ["ztunnel/node-b"]})
+    assert m.join("ctl-b", B.address, 10.0) is False           # still open: nothing to do
+    assert m.join("ctl-c", C.address, 10.0) is True
+    assert m.started() and m.silent() == []                      # a late joiner holds nothing up
+    assert m.take() == []                                        # said once it taps, not before
+    m.event("ctl-c", {"type": "status", "feeds": ["ztunnel/node-c"]})
+    m.event("ctl-c", flow(7, "ztunnel/node-c"))
+    [notice, ev] = m.take()
+    assert notice == {"type": "error", "replica": "ctl-c",
+                      "error": "joined (10.0.0.3:15012): tapping ztunnel/node-c"}
+    assert ev["replica"] == "ctl-c" and m.join("ctl-c", C.address, 11.0) is False
+
+
+def test_a_replica_that_comes_back_is_tapped_again_after_a_backoff_and_a_dead_one_is_named_once() -> None:
+    m = TapMerge([(B.name, B.address)])
+    m.event("ctl-b", {"type": "status", "feeds": ["ztunnel/node-b"]})
+    m.ended("ctl-b", "UNAVAILABLE: gone", now=100.0)
+    [stopped] = m.take()
+    assert "stopped (10.0.0.2:15012): UNAVAILABLE: gone" in stopped["error"]
+    assert m.join("ctl-b", B.address, 100.5) is False           # too soon
+    assert m.join("ctl-b", B.address, 102.0) is True            # its container restarted in place
+    m.ended("ctl-b", "UNAVAILABLE: still gone", now=102.1)      # not back yet: nothing more is said
+    assert m.take() == []
+    assert m.join("ctl-b", B.address, 104.0) is False           # the backoff doubled (4 s)
+    assert m.join("ctl-b", B.address, 106.2) is True
+    m.event("ctl-b", {"type": "status", "feeds": ["ztunnel/node-b"]})
+    m.event("ctl-b", flow(1))
+    [back, ev] = m.take()
+    assert back["error"] == "tapped again (10.0.0.2:15012): tapping ztunnel/node-b" and ev["n"] == 1
+    m.ended("ctl-b", "UNAVAILABLE: down again", now=200.0)      # it had come back: said again
+    assert "stopped" in m.take()[0]["error"]
+    assert m.join("ctl-b", "10.0.0.9:15012", 200.1) is True     # at another address: at once
+
+
+def test_replicas_that_ended_and_are_gone_are_forgotten_their_drops_still_counted() -> None:
+    m = TapMerge([(B.name, B.address), (C.name, C.address)], queue_size=1)
+    m.event("ctl-b", flow(1))
+    m.event("ctl-b", flow(2))                                    # dropped here
+    m.ended("ctl-b", "CANCELLED", now=1.0)
+    m.forget({"ctl-c"})
+    assert "ctl-b" in m.parts                                    # an event is still to be taken
+    m.take()
+    m.forget({"ctl-c"})
+    assert list(m.parts) == ["ctl-c"] and m.dropped() == 1
+    m.forget(set())                                              # c is open: kept
+    assert list(m.parts) == ["ctl-c"]
+
+
 def test_the_cli_names_a_stopped_replica_and_keeps_tapping() -> None:
     """`ambit tap`'s loop: a replica's end is a warning, not the end of the tap."""
     import asyncio
