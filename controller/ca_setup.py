@@ -114,13 +114,14 @@ class ServingCertificate:
         log.info("serving certificate for %s (%s), renewed in %s", self.identity, ", ".join(self.hosts), self.ttl / 2)
         return "".join(chain), key
 
-    def _issue(self) -> grpc.ServerCertificateConfiguration:
-        chain, key = self.issue_pem()
+    @staticmethod
+    def _grpc(chain: str, key: str) -> grpc.ServerCertificateConfiguration:
         return grpc.ssl_server_certificate_configuration([(key.encode(), chain.encode())])
 
     def pem_if_due(self) -> tuple[str, str] | None:
-        """`fetch` for a server that is not grpc's (the admission webhook): a new (chain, key) when
-        the current one is past half its life, else None."""
+        """A new (chain, key) when the current one is past half its life, else None (keep it). A
+        CA that has expired meanwhile issues nothing: the current one is kept, and the next try is
+        a minute later (a reload may bring a renewed CA: controller/ca/reload.py)."""
         if self.clock() < self.renew_at:
             return None
         try:
@@ -135,17 +136,10 @@ class ServingCertificate:
         self.renew_at = 0.0
 
     def fetch(self) -> grpc.ServerCertificateConfiguration | None:
-        """A new configuration when the current one is past half its life, else None (keep it). A
-        CA that has expired meanwhile issues nothing: the current one is kept, and the next try is
-        a minute later (a reload may bring a renewed CA: controller/ca/reload.py)."""
-        if self.clock() < self.renew_at:
-            return None
-        try:
-            return self._issue()
-        except CAExpired as e:
-            log.error("serving certificate not renewed: %s", e)
-            self.renew_at = self.clock() + EXPIRED_RETRY
-            return None
+        """`pem_if_due` as grpc's dynamic credentials ask it, at every new handshake."""
+        pem = self.pem_if_due()
+        return self._grpc(*pem) if pem is not None else None
 
     def credentials(self) -> grpc.ServerCredentials:
-        return grpc.dynamic_ssl_server_credentials(self._issue(), self.fetch, require_client_authentication=False)
+        return grpc.dynamic_ssl_server_credentials(self._grpc(*self.issue_pem()), self.fetch,
+                                                   require_client_authentication=False)
