@@ -426,9 +426,14 @@ async def amain(args: ControllerSettings) -> int:
                 from controller.admission.patcher import WebhookPatcher
                 from controller.sources.kube import make_api_client
                 ca = ca_servicer.ca
-                WebhookPatcher(make_api_client(args.kube_host, args.kubeconfig), args.root_namespace,
-                               lambda: ca.trust_bundle().pem_bundle(), leading=leader or (lambda: True),
-                               name=args.webhook_config).run(stop)
+                patcher = WebhookPatcher(make_api_client(args.kube_host, args.kubeconfig), args.root_namespace,
+                                         lambda: ca.trust_bundle().pem_bundle(), leading=leader or (lambda: True),
+                                         name=args.webhook_config)
+                patcher.run(stop)
+                from prometheus_client import REGISTRY
+
+                from controller.admission.patcher import WebhookStateCollector
+                REGISTRY.register(WebhookStateCollector(patcher))
         ca_reloader = ca_reload(args, storage, ca_servicer.ca, servings, controller)
         if args.insecure_config_stream:
             log.error("--insecure-config-stream with --ca-dir: the node credentials exist, so the config stream "

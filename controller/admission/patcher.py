@@ -93,6 +93,7 @@ class WebhookPatcher:
         self.api_client = api_client
         self.namespace, self.ca_bundle, self.leading, self.name = namespace, ca_bundle, leading, name
         self.ready = False          # the dry run was refused by the webhook at least once
+        self.complete: bool | None = None   # the last pass's verdict as leader (None: not leading)
         self._said: str | None = None
 
     def _say(self, level: int, text: str) -> None:
@@ -156,7 +157,30 @@ class WebhookPatcher:
                         done = self.reconcile()
                     except Exception:  # noqa: BLE001 - the API server's outage must not end the loop
                         log.exception("admission webhook: reconcile failed")
+                    self.complete = done
+                else:
+                    self.complete = None
                 stop.wait(TICK_READY if done else TICK)
         t = threading.Thread(target=loop, name="webhook-patcher", daemon=True)
         t.start()
         return t
+
+
+class WebhookStateCollector:
+    """`ambit_controller_admission_webhook_fails_closed`: 1 when the leader's last pass found the
+    configuration complete (the mesh roots, `Fail`), 0 when not (yet): invalid objects are then
+    stored unchecked. Only the leader exports it (the others do not look)."""
+
+    def __init__(self, patcher: WebhookPatcher) -> None:
+        self.patcher = patcher
+
+    def collect(self) -> Any:
+        from prometheus_client.core import GaugeMetricFamily
+        state = self.patcher.complete
+        if state is None:
+            return
+        g = GaugeMetricFamily("ambit_controller_admission_webhook_fails_closed",
+                              "1 when the ValidatingWebhookConfiguration has the mesh roots and failurePolicy Fail, "
+                              "so the API server refuses invalid Istio and Ambit objects (the leader only)")
+        g.add_metric([], 1.0 if state else 0.0)
+        yield g

@@ -22,6 +22,7 @@ import json
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -56,10 +57,12 @@ class Cluster:
     def start_controller(self) -> None:
         self.log = open(self.tmp / "controller.log", "a")  # noqa: SIM115 - closed in stop_controller()
         port = free_port()
+        self.metrics_port = free_port()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "controller", "--kube", "--kube-host", self.emu.url, "--listen", f"127.0.0.1:{port}",
              "--ca-secret", "ambit-ca", "--pod-name", "ctl-a", "--debounce", "0.01", "--dashboard-address", "",
-             "--webhook-listen", f"127.0.0.1:{self.webhook_port}"],
+             "--webhook-listen", f"127.0.0.1:{self.webhook_port}", "--metrics-port", str(self.metrics_port),
+             "--metrics-address", "127.0.0.1"],
             cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT)
         proc = self.proc
         wait_for(lambda: connectable(self.webhook_port) or proc.poll() is not None, timeout=60,
@@ -77,6 +80,13 @@ class Cluster:
         if self.log is not None:
             self.log.close()
             self.log = None
+
+    def gauge(self) -> str | None:
+        """The leader's `ambit_controller_admission_webhook_fails_closed` sample, or None."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as r:
+            text = r.read().decode()
+        return next((ln.split()[-1] for ln in text.splitlines()
+                     if ln.startswith("ambit_controller_admission_webhook_fails_closed ")), None)
 
     def logs(self) -> str:
         return (self.tmp / "controller.log").read_text()
@@ -133,12 +143,14 @@ def test_invalid_policies_are_refused_at_the_write_once_the_webhook_is_proven_re
     assert base64.b64decode(c.config()["webhooks"][0]["clientConfig"]["caBundle"]).decode() == root
     time.sleep(6)                   # a probe pass (every 5 s) came and went
     assert not fails_closed(c), c.logs()
+    assert c.gauge() == "0.0"                                   # what AmbitAdmissionWebhookNotEnforcing reads
     c.create(policy("stored-unchecked", action="DENY"))        # Ignore: the unreachable webhook is skipped
     assert c.stored("stored-unchecked") is not None
 
     c.emu.route_service(NS, "ambit-controller", WEBHOOK_PORT, "127.0.0.1", c.webhook_port)
     wait_for(lambda: fails_closed(c), timeout=30, what="failurePolicy Fail")
     wait_for(lambda: "has the mesh roots and fails closed" in c.logs(), timeout=5, what="the log line")
+    wait_for(lambda: c.gauge() == "1.0", timeout=5, what="the gauge at 1")
     assert "not failing closed yet: the API server accepted an invalid object in a dry run" in c.logs()
 
     with pytest.raises(ApiException) as e:

@@ -81,6 +81,19 @@ TESTS = {
                  "exp_alerts": [{"exp_labels": {"severity": "warning", "instance": "ctl", "limit": "ca_request_rate"}}]},
             ],
         },
+        {   # the admission webhook: a leader whose API server never reaches it; one that got there in 10 m
+            "interval": "1m",
+            "input_series": [
+                {"series": 'ambit_controller_admission_webhook_fails_closed{instance="ctl-a"}', "values": "0x30"},
+                {"series": 'ambit_controller_admission_webhook_fails_closed{instance="ctl-b"}',
+                 "values": "0x10 1x20"},
+            ],
+            "alert_rule_test": [
+                {"eval_time": "10m", "alertname": "AmbitAdmissionWebhookNotEnforcing", "exp_alerts": []},
+                {"eval_time": "20m", "alertname": "AmbitAdmissionWebhookNotEnforcing",
+                 "exp_alerts": [{"exp_labels": {"severity": "warning", "instance": "ctl-a"}}]},
+            ],
+        },
         {   # ingress: a pod that cannot bind a port; one whose bind failed once and healed at the retry
             "interval": "1m",
             "input_series": [
