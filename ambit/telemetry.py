@@ -57,7 +57,8 @@ def provider_from_dict(d: Mapping[str, Any]) -> Provider:
     return Provider(name=str(d["name"]), kind=str(d["kind"]), service=str(d.get("service") or ""),
                     port=int(d.get("port") or 0), path=str(d.get("path") or ""),
                     protocol=str(d.get("protocol") or ""), log_format=str(d.get("log_format") or ""),
-                    labels=tuple((str(k), str(v)) for k, v in (d.get("labels") or {}).items()))
+                    labels=tuple((str(k), str(v)) for k, v in (d.get("labels") or {}).items()),
+                    log_name=str(d.get("log_name") or ""))
 
 
 def providers_of(mesh: MeshSettings | None) -> dict[str, Provider]:

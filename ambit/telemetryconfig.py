@@ -24,6 +24,7 @@ class Provider:
     protocol: str = ""              # OTLP: grpc | http
     log_format: str = ""            # access logs: text (Istio's default format) | json
     labels: tuple[tuple[str, str], ...] = ()   # JSON access-log fields / text format override
+    log_name: str = ""              # envoyOtelAls: the records' instrumentation scope name
 
 
 @dataclass(frozen=True)

@@ -103,9 +103,9 @@ def render_text(fmt: str, values: Mapping[str, Any]) -> str:
     return "".join(parts)
 
 
-def render_json(labels: Mapping[str, str], values: Mapping[str, Any]) -> str:
-    """One JSON object: each label's format rendered; a label that is one operator keeps its type
-    (numbers stay numbers, as Envoy's typed JSON), a missing value is null (Envoy: "-" for text)."""
+def render_labels(labels: Mapping[str, str], values: Mapping[str, Any]) -> dict[str, Any]:
+    """Each label's format rendered; a label that is one operator keeps its type (numbers stay
+    numbers, as Envoy's typed JSON), a missing value is None (Envoy: "-" for text)."""
     out: dict[str, Any] = {}
     for key, fmt in labels.items():
         ops = operators(fmt)
@@ -113,7 +113,12 @@ def render_json(labels: Mapping[str, str], values: Mapping[str, Any]) -> str:
             out[key] = _value(values, ops[0])
         else:
             out[key] = render_text(fmt, values)
-    return json.dumps(out)
+    return out
+
+
+def render_json(labels: Mapping[str, str], values: Mapping[str, Any]) -> str:
+    """One JSON object of `render_labels` (a missing value is null)."""
+    return json.dumps(render_labels(labels, values))
 
 
 def render(log_format: str, labels: Mapping[str, str], values: Mapping[str, Any]) -> str:

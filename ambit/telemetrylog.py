@@ -10,17 +10,43 @@ text, JSON labels, or a text format), to its file (`/dev/stdout`: the proxy's ow
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, TextIO
 
-from ambit.telemetryconfig import AccessLogConfig
+from ambit.telemetryconfig import AccessLogConfig, Provider
 from ambit.telemetryfilter import FilterError, Predicate, compile_filter
-from ambit.telemetryformat import render
+from ambit.telemetryformat import ISTIO_TEXT_FORMAT, render, render_labels, render_text
 
 log = logging.getLogger("ambit.telemetry.accesslog")
 LineSink = Callable[[str], None]
 STDOUT = ("", "/dev/stdout", "/dev/stderr")
+OTEL = "envoyOtelAls"
+START = "start_unix"        # in a record's values: its start, epoch seconds (no operator: lower case)
+
+
+@dataclass(frozen=True, slots=True)
+class LogRecord:
+    """One access-log record for an OTLP provider (ambit.dataplane.telemetry.otlp_logs)."""
+
+    start: float                # epoch seconds
+    body: str
+    attributes: tuple[tuple[str, Any], ...] = ()
+
+
+OtelSink = Callable[[Provider, LogRecord], None]
+
+
+def otel_record(p: Provider, values: Mapping[str, Any]) -> LogRecord:
+    """What an envoyOtelAls provider sends for one record, as Istio configures Envoy: the body is
+    its text format (Istio's default text format unless `logFormat.text`), the attributes its
+    `logFormat.labels`, typed."""
+    fmt = p.log_format if p.log_format not in ("", "text", "json") else ISTIO_TEXT_FORMAT
+    attrs = tuple(render_labels(dict(p.labels), values).items()) if p.labels else ()
+    start = values.get(START)
+    return LogRecord(float(start) if isinstance(start, int | float) else time.time(), render_text(fmt, values), attrs)
 
 
 @lru_cache(maxsize=256)
@@ -46,8 +72,11 @@ class AccessLogWriter:
     """`write(cfg, attrs, values, builtin)`; `stdout` takes lines for the proxy's own stream,
     other provider paths are opened (append) once and kept."""
 
-    def __init__(self, stdout: LineSink, opener: Callable[[str], TextIO] | None = None) -> None:
+    def __init__(self, stdout: LineSink, opener: Callable[[str], TextIO] | None = None,
+                 otel: OtelSink | None = None) -> None:
         self.stdout = stdout
+        self.otel = otel
+        self._unsent: set[str] = set()
         self._opener = opener or (lambda path: open(path, "a", buffering=1))  # noqa: SIM115 - kept open
         self._files: dict[str, TextIO] = {}
         self.written = 0
@@ -72,6 +101,16 @@ class AccessLogWriter:
         vals = values()
         n = 0
         for p in cfg.providers:
+            if p.kind == OTEL:
+                if self.otel is None:
+                    if p.name not in self._unsent:       # a proxy built without an exporter: said once
+                        self._unsent.add(p.name)
+                        log.warning("access log provider %s (envoyOtelAls): this proxy has no OTLP log exporter; "
+                                    "its records are not sent", p.name)
+                    continue
+                self.otel(p, otel_record(p, vals))
+                n += 1
+                continue
             line = render(p.log_format, dict(p.labels), vals)
             try:
                 (self.stdout if p.path in STDOUT else self._file(p.path))(line)

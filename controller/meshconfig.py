@@ -132,11 +132,8 @@ def parse(data: Any, trust_domain: str, where: str = "mesh config") -> MeshFile:
 
 
 # Istio's extension provider kinds: those Ambit implements, and those it refuses (with why).
-PROVIDER_KINDS = ("opentelemetry", "zipkin", "envoyFileAccessLog", "prometheus")
+PROVIDER_KINDS = ("opentelemetry", "zipkin", "envoyFileAccessLog", "envoyOtelAls", "prometheus")
 REFUSED_KINDS = {
-    "envoyOtelAls": "access logs over OTLP are not implemented by Ambit yet; use envoyFileAccessLog (a file or "
-                    "/dev/stdout, which the node's log collector, e.g. an OpenTelemetry collector's filelog "
-                    "receiver, ships)",
     "datadog": "Ambit exports spans over OTLP and Zipkin only; use an opentelemetry provider and the collector",
     "lightstep": "Ambit exports spans over OTLP and Zipkin only; use an opentelemetry provider",
     "skywalking": "Ambit exports spans over OTLP and Zipkin only",
@@ -152,6 +149,8 @@ _FIELDS = {
     "envoyOtelAls": ("service", "port", "logName", "logFormat"),
     "prometheus": (),
 }
+# Istio's default logName (pilot/pkg/model OtelEnvoyAccessLogFriendlyName)
+OTEL_LOG_NAME = "otel_envoy_accesslog"
 _MAX_TAG = "maxTagLength is not supported by Ambit (tags are exported whole)"
 
 
@@ -232,6 +231,10 @@ def _provider(entry: Any, where: str) -> dict[str, Any]:
     elif kind == "envoyOtelAls":
         out["protocol"] = "grpc"
         out["log_format"], out["labels"] = _log_format(spec.get("logFormat"), f"{where}: envoyOtelAls")
+        name = spec.get("logName")
+        if name is not None and (not isinstance(name, str) or not name.isprintable() or len(name) > 256):
+            raise ValueError(f"{where}: envoyOtelAls.logName: expected a name of at most 256 printable characters")
+        out["log_name"] = name or OTEL_LOG_NAME
     return out
 
 

@@ -50,6 +50,7 @@ from ambit.dataplane.keepalive import effective as effective_keepalive
 from ambit.dataplane.listen import tcp_listener
 from ambit.dataplane.tap import TapHub
 from ambit.dataplane.telemetry.metrics import Metrics
+from ambit.dataplane.telemetry.otlp_logs import OtlpLogCollector, OtlpLogs
 from ambit.model import IngressGateway, RouteDestination, Service, TcpKeepalive, Workload
 from ambit.telemetryconfig import TracingConfig
 from ambit.waypointpods import bound_waypoints, ready_waypoint_pods, waypoint_pods
@@ -266,7 +267,10 @@ class WaypointProxy:
         # the source and destination workloads resolved from the config by address.
         # A request's Telemetry config (access logging, metrics overrides) is resolved once, by
         # `Telemetry`, for both; the View caches it per Service and is replaced on each update.
-        self.telemetry = Telemetry(http_metrics, RequestLog(LogLines(access)),
+        self.otlp_logs = OtlpLogs()     # envoyOtelAls providers' records (a thread once first used)
+        if registry is not None:
+            registry.register(OtlpLogCollector(lambda: self.otlp_logs if self.otlp_logs.counts else None))
+        self.telemetry = Telemetry(http_metrics, RequestLog(LogLines(access), otel=self.otlp_logs.submit),
                                    lambda ip: self.config.view.by_ip.get(ip), tcp=tcp_metrics,
                                    telemetry_for=lambda svc: self.config.view.telemetry_for_waypoint(svc),
                                    own=self._own_workload if settings.ingress else None,
@@ -390,6 +394,7 @@ class WaypointProxy:
         if self.engine is not None:
             if self.engine.tracing is not None:     # flush the spans still batched
                 await asyncio.get_running_loop().run_in_executor(None, self.engine.tracing.shutdown)
+        await asyncio.to_thread(self.otlp_logs.close)       # and the access-log records (bounded)
         await self.pool.close()
 
     # --- TLS ----------------------------------------------------------------------------------

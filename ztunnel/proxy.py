@@ -143,7 +143,8 @@ class Proxy:
         # TCP keepalive on the sockets that leave the node: HBONE both ways, plaintext upstreams
         # (ztunnel/settings.py says why); not on a pod's own, local legs.
         self.keepalive = keepalive
-        self.access_log = access_log or PolicySink(StreamSink(), self.access_log_config)
+        self.otlp_logs: Any = None        # made when an envoyOtelAls provider is first used (_otel)
+        self.access_log = access_log or PolicySink(StreamSink(), self.access_log_config, otel=self._otel)
         # How a captured socket's original destination is read (eBPF getsockopt or conntrack);
         # injected so the data path runs in tests without the kernel's capture.
         self.original_dst = original_dst
@@ -520,6 +521,13 @@ class Proxy:
                 return svc
         return None
 
+    def _otel(self, provider: Any, record: Any) -> None:
+        """An access-log record for an envoyOtelAls provider (ambit/dataplane/telemetry/otlp_logs.py)."""
+        if self.otlp_logs is None:
+            from ambit.dataplane.telemetry.otlp_logs import OtlpLogs
+            self.otlp_logs = OtlpLogs()
+        self.otlp_logs.submit(provider, record)
+
     def health(self, client: Any = None) -> HealthCollector:
         """ztunnel's `ambit_*` families (ambit/dataplane/telemetry/health.py), read at scrape time:
         `client` is the config stream client, if any."""
@@ -547,6 +555,8 @@ class Proxy:
             for k, n in sorted(self.pool.connections().items(), key=lambda kv: (kv[0].src_ip, kv[0].dst_ip))]}
 
     async def close(self) -> None:
+        if self.otlp_logs is not None:
+            await asyncio.to_thread(self.otlp_logs.close)       # what waits is sent (bounded)
         if self.pool is not None:
             await self.pool.close()
         for t in list(self._background):

@@ -63,6 +63,8 @@ async def amain(args: ZtunnelSettings) -> None:
     # the Telemetry API's sink (on/off, mode, filter, format per workload), also feeding `ambit tap`
     proxy.access_log = TapSink(proxy.access_log, tap_hub)
     metrics.registry.register(proxy.health(client))
+    from ambit.dataplane.telemetry.otlp_logs import OtlpLogCollector
+    metrics.registry.register(OtlpLogCollector(lambda: proxy.otlp_logs))
     # `--merge-metrics-from` (the agent's metrics): merged here only when this process is the
     # endpoint; a supervisor's workers get '' and the supervisor merges once (ztunnel/workers.py).
     merger = MetricsMerger(parse_source(args.merge_metrics_from)) if args.merge_metrics_from else None

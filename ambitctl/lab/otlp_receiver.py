@@ -1,6 +1,7 @@
-"""A real span receiver for tests: OTLP gRPC (a grpcio server implementing the OpenTelemetry
-protos' TraceService/Export), OTLP HTTP (protobuf `POST /v1/traces`) and Zipkin's v2 API
-(JSON `POST /api/v2/spans`), all collecting into one list of `Span`s.
+"""A real span and log receiver for tests: OTLP gRPC (a grpcio server implementing the
+OpenTelemetry protos' TraceService/Export and LogsService/Export), OTLP HTTP (protobuf `POST
+/v1/traces`, `POST /v1/logs`) and Zipkin's v2 API (JSON `POST /api/v2/spans`), collecting into
+one list of `Span`s and one of `LogEntry`s (access logs of an `envoyOtelAls` provider).
 
 In-process: `with Receiver() as r: ... r.wait(lambda spans: ...)`. As a process (the lab runs it
 in a pod's netns): `python -m ambitctl.lab.otlp_receiver --host IP --grpc-port N --http-port M
@@ -22,6 +23,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import grpc
+from opentelemetry.proto.collector.logs.v1 import logs_service_pb2, logs_service_pb2_grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
@@ -43,6 +45,22 @@ class Span:
     start_us: int = 0           # epoch microseconds (what Zipkin's `timestamp` is)
     duration_us: int = 0
     error: bool = False         # OTLP status ERROR (Zipkin: an `error` tag)
+
+
+@dataclass
+class LogEntry:
+    via: str                    # otlp-grpc | otlp-http
+    scope: str                  # the instrumentation scope's name
+    resource: dict[str, str]
+    body: str
+    attributes: dict[str, str] = field(default_factory=dict)
+    time_unix_nano: int = 0
+
+
+def logs_from_otlp(req: logs_service_pb2.ExportLogsServiceRequest, via: str) -> list[LogEntry]:
+    return [LogEntry(via, sl.scope.name, {a.key: _value(a.value) for a in rl.resource.attributes}, _value(r.body),
+                     {a.key: _value(a.value) for a in r.attributes}, r.time_unix_nano)
+            for rl in req.resource_logs for sl in rl.scope_logs for r in sl.log_records]
 
 
 def _value(v: AnyValue) -> str:
@@ -81,7 +99,7 @@ class Receiver:
 
     def __init__(self, host: str = "127.0.0.1", grpc_port: int = 0, http_port: int = 0,
                  out: Path | None = None, keep: bool = True, limit: int | None = None,
-                 query: Callable[[str], tuple[int, bytes]] | None = None) -> None:
+                 query: Callable[[str], tuple[int, bytes]] | None = None, logs_out: Path | None = None) -> None:
         # `limit`: keep only the most recent spans (the lab's collector runs for days); `query`:
         # answers GETs on the HTTP port (the collector's Zipkin query API), else 404
         self.spans: MutableSequence[Span] = deque(maxlen=limit) if limit else []
@@ -90,9 +108,14 @@ class Receiver:
         self.keep = keep
         self.requests = {"otlp-grpc": 0, "otlp-http": 0, "zipkin": 0}
         self.out = out
+        self.logs: MutableSequence[LogEntry] = deque(maxlen=limit) if limit else []
+        self.logs_out = logs_out
+        self.log_requests = 0
+        self.log_count = 0
         self._lock = threading.Lock()
         self.grpc = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
         trace_service_pb2_grpc.add_TraceServiceServicer_to_server(_TraceService(self), self.grpc)
+        logs_service_pb2_grpc.add_LogsServiceServicer_to_server(_LogsService(self), self.grpc)
         self.grpc_port = self.grpc.add_insecure_port(f"{host}:{grpc_port}")
         self.grpc.start()
         self.http = ThreadingHTTPServer((host, http_port), handler(self))
@@ -110,6 +133,27 @@ class Receiver:
                 with self.out.open("a") as f:
                     for s in spans:
                         f.write(json.dumps(asdict(s)) + "\n")
+
+    def add_logs(self, logs: list[LogEntry]) -> None:
+        with self._lock:
+            self.log_requests += 1
+            self.log_count += len(logs)
+            if self.keep:
+                self.logs.extend(logs)
+            if self.logs_out is not None:
+                with self.logs_out.open("a") as f:
+                    for e in logs:
+                        f.write(json.dumps(asdict(e)) + "\n")
+
+    def wait_logs(self, pred: Callable[[list[LogEntry]], bool], timeout: float = 10.0) -> list[LogEntry]:
+        """The log entries once `pred(entries)` holds (or at the timeout, for the caller to assert on)."""
+        deadline = time.time() + timeout
+        while True:
+            with self._lock:
+                logs = list(self.logs)
+            if pred(logs) or time.time() > deadline:
+                return logs
+            time.sleep(0.05)
 
     def snapshot(self) -> list[Span]:
         """The spans kept, as of now."""
@@ -146,6 +190,15 @@ class _TraceService(trace_service_pb2_grpc.TraceServiceServicer):
         return trace_service_pb2.ExportTraceServiceResponse()
 
 
+class _LogsService(logs_service_pb2_grpc.LogsServiceServicer):
+    def __init__(self, r: Receiver) -> None:
+        self.r = r
+
+    def Export(self, request, context):  # noqa: N802 (the proto's name)  # type: ignore[no-untyped-def]
+        self.r.add_logs(logs_from_otlp(request, "otlp-grpc"))
+        return logs_service_pb2.ExportLogsServiceResponse()
+
+
 def handler(r: Receiver) -> type[BaseHTTPRequestHandler]:
     """The HTTP side (OTLP HTTP and Zipkin ingest, `r.query` for GETs): also served on a unix
     socket by the lab's collector."""
@@ -171,6 +224,12 @@ def handler(r: Receiver) -> type[BaseHTTPRequestHandler]:
                 r.add(from_otlp(req, "otlp-http"), "otlp-http")
                 out, ctype, code = trace_service_pb2.ExportTraceServiceResponse().SerializeToString(), \
                     "application/x-protobuf", 200
+            elif self.path == "/v1/logs":
+                lreq = logs_service_pb2.ExportLogsServiceRequest()
+                lreq.ParseFromString(body)
+                r.add_logs(logs_from_otlp(lreq, "otlp-http"))
+                out, ctype, code = logs_service_pb2.ExportLogsServiceResponse().SerializeToString(), \
+                    "application/x-protobuf", 200
             elif self.path == "/api/v2/spans":
                 r.add(from_zipkin(body), "zipkin")
                 out, ctype, code = b"", "text/plain", 202
@@ -191,14 +250,21 @@ def read_spans(path: Path) -> list[Span]:
     return [Span(**json.loads(line)) for line in path.read_text().splitlines() if line.strip()]
 
 
+def read_logs(path: Path) -> list[LogEntry]:
+    if not path.exists():
+        return []
+    return [LogEntry(**json.loads(line)) for line in path.read_text().splitlines() if line.strip()]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--host", default="0.0.0.0")
     ap.add_argument("--grpc-port", type=int, default=4317)
     ap.add_argument("--http-port", type=int, default=4318)
     ap.add_argument("--out", type=Path, help="append the spans here as JSON lines (default: count them only)")
+    ap.add_argument("--logs-out", type=Path, help="append the log records here as JSON lines")
     a = ap.parse_args()
-    Receiver(a.host, a.grpc_port, a.http_port, a.out, keep=False)
+    Receiver(a.host, a.grpc_port, a.http_port, a.out, keep=False, logs_out=a.logs_out)
     print(f"receiving OTLP gRPC on {a.grpc_port}, OTLP HTTP and Zipkin on {a.http_port}", flush=True)
     threading.Event().wait()
 

@@ -163,8 +163,17 @@ def http_rule(rule: Obj, ns: str, trust_domain: str) -> Rule:
     return Rule(clauses=clauses, has_l7=rule_is_l7(rule))
 
 
+def target_refs(spec: Obj) -> list[tuple[str, Obj]]:
+    """A policy's targets with their field paths: Istio's older single `targetRef` or its
+    `targetRefs` (validation allows one of them). Every reader of a policy's binding (the
+    translation, the advisories) takes them from here."""
+    if spec.get("targetRef"):
+        return [("spec.targetRef", spec["targetRef"])]
+    return [(f"spec.targetRefs[{i}]", t) for i, t in enumerate(spec.get("targetRefs") or [])]
+
+
 def _scope(spec: Obj, ns: str, root_namespace: str) -> tuple[str, dict[str, str], list[dict[str, str]]]:
-    refs = ([spec["targetRef"]] if spec.get("targetRef") else []) + list(spec.get("targetRefs") or [])
+    refs = [t for _, t in target_refs(spec)]
     if refs:
         return "waypoint", {}, [{k: str(v) for k, v in r.items()} for r in refs]
     selector = dict((spec.get("selector") or {}).get("matchLabels") or {})

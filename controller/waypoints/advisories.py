@@ -57,6 +57,7 @@ from controller.translate.credentials import INVALID_CREDENTIAL
 from controller.translate.delegates import Delegation
 from controller.translate.destinationrules import rules_by_host, rules_in_force
 from controller.translate.index import age_key, ns_of, waypoint_ref
+from controller.translate.policy import target_refs
 from controller.translate.routes import NOT_EXPORTED, VS_REDIRECT_CODES, Hosts, port_parts_not_inherited
 from controller.translate.visibility import export_text, restricted, visible_to
 from controller.translate.waypoints import SERVES_SERVICES
@@ -296,9 +297,8 @@ def telemetry_targets(o: Obj, gateways: dict[tuple[str, str], Obj], svc_waypoint
     AuthorizationPolicy gets. A GatewayClass target is accepted (Istio's validation does) but not
     applied to Telemetry by Ambit: said so instead."""
     spec, ref = o.get("spec") or {}, object_ref(o)
-    targets = ([spec["targetRef"]] if spec.get("targetRef") else []) + list(spec.get("targetRefs") or [])
-    classes = {f"spec.targetRefs[{i}]" if spec.get("targetRefs") else "spec.targetRef"
-               for i, t in enumerate(targets) if t.get("kind") == "GatewayClass"}
+    targets = target_refs(spec)
+    classes = {path for path, t in targets if t.get("kind") == "GatewayClass"}
     out = [Advisory(ref, path, "a GatewayClass target is accepted but not applied to a Telemetry by Ambit: no "
                     "proxy applies this binding; target the waypoint (kind Gateway) or its Services, or put a "
                     "Telemetry without selector in the root namespace for the whole mesh", NOT_ENFORCED,
@@ -409,7 +409,7 @@ def _selected_waypoints(o: Obj, gateways: dict[tuple[str, str], Obj], root_names
 def _policy(o: Obj, gateways: dict[tuple[str, str], Obj], svc_waypoint: dict[tuple[str, str], str],
             root_namespace: str) -> list[Advisory]:
     spec, ref = o.get("spec") or {}, object_ref(o)
-    targets = ([spec["targetRef"]] if spec.get("targetRef") else []) + list(spec.get("targetRefs") or [])
+    targets = target_refs(spec)
     if not targets:
         waypoints = _selected_waypoints(o, gateways, root_namespace)
         if waypoints:
@@ -438,7 +438,7 @@ def _request_authn(o: Obj, gateways: dict[tuple[str, str], Obj], svc_waypoint: d
     """A RequestAuthentication is enforced by the waypoint of its targetRefs only: ztunnel sees no
     HTTP, so one bound by selector (or namespace-wide) checks no token anywhere."""
     spec, ref = o.get("spec") or {}, object_ref(o)
-    targets = ([spec["targetRef"]] if spec.get("targetRef") else []) + list(spec.get("targetRefs") or [])
+    targets = target_refs(spec)
     if not targets:
         return [Advisory(ref, "spec.selector" if spec.get("selector") else "spec", (
             "accepted, but not enforced: JWTs are checked by waypoints, and a waypoint applies only a "
@@ -447,13 +447,12 @@ def _request_authn(o: Obj, gateways: dict[tuple[str, str], Obj], svc_waypoint: d
     return _targets(o, targets, gateways, svc_waypoint, root_namespace)
 
 
-def _targets(o: Obj, targets: list[Obj], gateways: dict[tuple[str, str], Obj],
+def _targets(o: Obj, targets: list[tuple[str, Obj]], gateways: dict[tuple[str, str], Obj],
              svc_waypoint: dict[tuple[str, str], str], root_namespace: str) -> list[Advisory]:
     """targetRefs that no waypoint enforces (a missing target, a Service without a waypoint ...)."""
-    spec, ns, ref = o.get("spec") or {}, ns_of(o), object_ref(o)
+    ns, ref = ns_of(o), object_ref(o)
     out: list[Advisory] = []
-    for i, t in enumerate(targets):
-        path = f"spec.targetRefs[{i}]" if spec.get("targetRefs") else "spec.targetRef"
+    for path, t in targets:
         kind, name = t.get("kind", ""), t.get("name", "")
         tns = t.get("namespace") or ns
         if kind == "GatewayClass":

@@ -20,6 +20,7 @@ from typing import Any
 
 from ambit.jwtclaims import routing_claim
 from ambit.model import RequestAuthn
+from controller.translate.policy import target_refs
 from controller.validation import object_ref
 from controller.waypoints.gateways import WAYPOINT_CLASSES
 
@@ -75,7 +76,7 @@ def _policy_waypoints(o: Obj, tr: Any, root_namespace: str) -> list[tuple[str, b
     """(waypoint, verified) for each waypoint a targetRefs policy is enforced by: whether some
     RequestAuthentication applies there to the requests the policy sees."""
     spec, ns = o.get("spec") or {}, (o.get("metadata") or {}).get("namespace", "default")
-    targets = ([spec["targetRef"]] if spec.get("targetRef") else []) + list(spec.get("targetRefs") or [])
+    targets = [t for _, t in target_refs(spec)]
     services = {(sv.namespace, sv.name): sv for sv in tr.services}
     out = []
     for t in targets:

@@ -27,6 +27,7 @@ from typing import Any
 from ambit.model import Endpoint, Service, ServicePort, Workload, target_port
 from ambit.policyselect import authz_selects, peer_authn_selects
 from controller.translate.index import name_of, ns_of
+from controller.translate.policy import target_refs
 from controller.translate.routes import Hosts
 from controller.validation import object_ref
 from controller.waypoints.gateways import is_waypoint, waypoint_for
@@ -198,7 +199,7 @@ def _policy_targets(o: Obj, tr: Any, gateways: dict[tuple[str, str], Obj]) -> li
     """The Services whose requests a targetRefs policy sees at their waypoint; [] unless every target
     is a known Service, or a known waypoint serving Service traffic only."""
     spec, ns = o.get("spec") or {}, ns_of(o)
-    targets = ([spec["targetRef"]] if spec.get("targetRef") else []) + list(spec.get("targetRefs") or [])
+    targets = [t for _, t in target_refs(spec)]
     by_name = {(s.namespace, s.name): s for s in tr.services if s.kind == "Service"}
     out: list[Service] = []
     for t in targets:

@@ -20,7 +20,7 @@ from typing import Any
 from ambit.dataplane.idcache import IdCache
 from ambit.model import Workload
 from ambit.telemetryconfig import AccessLogConfig
-from ambit.telemetrylog import AccessLogWriter
+from ambit.telemetrylog import START, AccessLogWriter, OtelSink
 from waypoint.http.record import RequestRecord
 from waypoint.telemetry.peers import workload_name
 
@@ -112,7 +112,7 @@ def request_values(rec: RequestRecord, src: Workload | None, dst: Workload | Non
         "SOURCE_NAMESPACE": src.namespace if src is not None else "",
         "DESTINATION_WORKLOAD": workload_name(dst) if dst is not None else "",
         "DESTINATION_NAMESPACE": dst.namespace if dst is not None else "",
-        "DESTINATION_SERVICE": rec.service, "CONNECTION_DIRECTION": "inbound",
+        "DESTINATION_SERVICE": rec.service, "CONNECTION_DIRECTION": "inbound", START: rec.start,
     }
 
 
@@ -122,10 +122,10 @@ class RequestLog:
     without `config_for`, the built-in line for every request. A sink that fails is the
     waypoint's problem, not the request's: the engine catches and logs it."""
 
-    def __init__(self, sink: LineSink, config_for: ConfigFor | None = None) -> None:
+    def __init__(self, sink: LineSink, config_for: ConfigFor | None = None, otel: OtelSink | None = None) -> None:
         self.sink = sink
         self.config_for = config_for
-        self.writer = AccessLogWriter(sink)
+        self.writer = AccessLogWriter(sink, otel=otel)
 
     def emit(self, rec: RequestRecord, src: Workload | None, dst: Workload | None,
              cfg: AccessLogConfig | None | Unresolved = UNRESOLVED) -> None:

@@ -33,6 +33,7 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as pb
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from ambit.configclient import rpc
+from ambit.dataplane.telemetry.otlp_logs import Serialized
 from waypoint.telemetry import export_retry
 from waypoint.telemetry.otlp_wire import Encoder
 
@@ -45,19 +46,6 @@ EXPORT = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
 # The SDK's OTLP/gRPC exporter's retryable codes.
 RETRYABLE = frozenset({"CANCELLED", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "ABORTED", "OUT_OF_RANGE",
                        "UNAVAILABLE", "DATA_LOSS"})
-
-
-class Serialized:
-    """A request already in protobuf's wire format, for grpclib's codec (which asks the request
-    type for an instance and calls its `SerializeToString`)."""
-
-    __slots__ = ("data",)
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-
-    def SerializeToString(self) -> bytes:  # noqa: N802 - the protobuf message method grpclib calls
-        return self.data
 
 
 class GrpclibSpanExporter(SpanExporter):

@@ -138,6 +138,7 @@ def conn_values(rec: ConnRecord) -> dict[str, Any]:
         "SOURCE_WORKLOAD": rec.src_workload, "SOURCE_NAMESPACE": rec.src_namespace,
         "DESTINATION_WORKLOAD": rec.dst_workload, "DESTINATION_NAMESPACE": rec.dst_namespace,
         "DESTINATION_SERVICE": rec.dst_service, "CONNECTION_DIRECTION": rec.direction,
+        "start_unix": rec.start,        # ambit.telemetrylog.START, not imported at start-up (ztunnel's memory)
     }
 
 
@@ -146,11 +147,11 @@ class PolicySink:
     workload's AccessLogConfig on its side (outbound: the source workload, CLIENT; inbound: the
     destination workload, SERVER), None for the default (logged, built-in line)."""
 
-    def __init__(self, stream: StreamSink, config_for: Any, writer: Any = None) -> None:
+    def __init__(self, stream: StreamSink, config_for: Any, writer: Any = None, otel: Any = None) -> None:
         from ambit.telemetrylog import AccessLogWriter
         self.stream = stream
         self.config_for = config_for
-        self.writer = writer or AccessLogWriter(stream.emit_line)
+        self.writer = writer or AccessLogWriter(stream.emit_line, otel=otel)
 
     def emit(self, rec: ConnRecord) -> None:
         self.writer.write(self.config_for(rec), conn_attrs(rec), lambda: conn_values(rec),

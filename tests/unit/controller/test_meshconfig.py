@@ -127,7 +127,11 @@ def test_extension_and_default_providers_are_parsed_and_reach_mesh_settings(tmp_
 
 @pytest.mark.parametrize(("text", "msg"), [
     ("extensionProviders: [{name: d, datadog: {service: x, port: 1}}]", "datadog: Ambit exports spans over OTLP"),
-    ("extensionProviders: [{name: d, envoyOtelAls: {service: x, port: 1}}]", "access logs over OTLP are not"),
+    ("extensionProviders: [{name: d, envoyOtelAls: {port: 1}}]", "service and port are required"),
+    ("extensionProviders: [{name: d, envoyOtelAls: {service: x, port: 1, logName: [a]}}]",
+     "envoyOtelAls.logName: expected a name"),
+    ("extensionProviders: [{name: d, envoyOtelAls: {service: x, port: 1, logFormat: {text: '%FOO%'}}}]",
+     "%FOO% not supported"),
     ("extensionProviders: [{name: d, carrierPigeon: {}}]", "carrierPigeon: unknown provider kind"),
     ("extensionProviders: [{name: d, zipkin: {service: x}}]", "service and port are required"),
     ("extensionProviders: [{name: d, zipkin: {service: x, port: 70000}}]", "zipkin.port: 70000 is not a port"),
