@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import yaml
 
-from ambitctl.lab.otlp_receiver import Span, read_spans
+from ambitctl.lab.otlp_receiver import LogEntry, Span, read_logs, read_spans
 from tests.lab.labctl import Lab, running_lab
 from tests.lab.test_waypoint import GATEWAY, apply, delete, waypoints
 
@@ -96,9 +96,9 @@ def server_spans(got: list[Span], marker: str, via: str = "otlp-grpc") -> list[S
 @pytest.fixture(scope="module")
 def tlab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     tmp = tmp_path_factory.mktemp("trcfg")
-    out, sampling = tmp / "spans.jsonl", tmp / "sampling"
+    out, sampling, logs = tmp / "spans.jsonl", tmp / "sampling", tmp / "logs.jsonl"
     spec = tmp / "tracing.yaml"
-    spec.write_text(SPEC.read_text().replace("{repo}", str(REPO)).replace("{out}", str(out)))
+    spec.write_text(SPEC.read_text().replace("{repo}", str(REPO)).replace("{out}", str(out)).replace("{logs}", str(logs)))
     env = {"AMBIT_WAYPOINT_TRACING_OTLP": f"{RECEIVER}:4317",
            "AMBIT_WAYPOINT_TRACING_OTLP_HTTP": f"http://{RECEIVER}:4318/v1/traces",
            "AMBIT_WAYPOINT_TRACING_ZIPKIN": f"http://{RECEIVER}:4318/api/v2/spans",
@@ -106,7 +106,7 @@ def tlab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
            "AMBIT_WAYPOINT_TRACING_SAMPLING_FILE": str(sampling),
            "AMBIT_WAYPOINT_TRACING_TAG": "team=literal:tracing-lab,user=header:x-user"}
     with running_lab(tmp_path_factory.mktemp("trlab"), "tr", spec, "tracing-lab", env=env) as lab:
-        lab.out, lab.sampling = out, sampling  # type: ignore[attr-defined]
+        lab.out, lab.sampling, lab.logs = out, sampling, logs  # type: ignore[attr-defined]
         apply(lab, [GATEWAY], tmp, "gateway")
         lab.wait_for(lambda: [w for w in waypoints(lab) if w["ready"]], timeout=30, what="waypoint ready")
         lab.wait_for(lambda: client(lab, "plain", "http://echo/warmup", "1")["codes"].get("200") == 1,
@@ -215,6 +215,46 @@ def test_telemetry_request_id_sampling_and_istio_tags(tlab: Lab) -> None:
         for s in server_spans(got, "/rid-low-"):
             assert not [k for k in s.attributes if k.startswith("istio.")], s.attributes
             assert s.attributes["component"] == "proxy"         # Envoy's tags stay
+    finally:
+        delete(tlab, f)
+        (tlab.dir / "mesh-config.yaml").unlink(missing_ok=True)
+
+
+def test_access_logs_reach_the_collector_over_otlp_from_the_waypoint_and_ztunnel(tlab: Lab) -> None:
+    """Istio's envoyOtelAls provider: a Telemetry naming it sends the waypoint's request records
+    and ztunnel's connection records to the collector over OTLP/gRPC (LogsService), the labels as
+    attributes and Istio's text format as the body, under the provider's logName."""
+    tmp = tlab.dir / "telemetry-als"
+    tmp.mkdir(exist_ok=True)
+    labels = {"path": "%REQ(:PATH)%", "code": "%RESPONSE_CODE%", "direction": "%CONNECTION_DIRECTION%",
+              "src": "%SOURCE_WORKLOAD%", "dst": "%DESTINATION_WORKLOAD%"}
+    (tlab.dir / "mesh-config.yaml").write_text(yaml.safe_dump({"extensionProviders": [
+        {"name": "lab-als", "envoyOtelAls": {"service": RECEIVER, "port": 4317, "logName": "mesh-access",
+                                             "logFormat": {"labels": labels}}}]}))
+    tel = {"apiVersion": "telemetry.istio.io/v1", "kind": "Telemetry", "metadata": {"name": "als", "namespace": "default"},
+           "spec": {"accessLogging": [{"providers": [{"name": "lab-als"}]}]}}
+    f = apply(tlab, [tel], tmp, "telemetry")
+
+    def logs() -> list[LogEntry]:
+        return read_logs(tlab.logs)  # type: ignore[attr-defined]
+    try:
+        def waypoint_logged() -> bool:
+            p = tlab.exec(CLIENT, "curl", "-sS", "--fail", "-o", "/dev/null", "http://echo/als-probe", timeout=30)
+            assert p.returncode == 0, p.stderr
+            return any(e.attributes.get("path") == "/als-probe" for e in logs())
+        tlab.wait_for(waypoint_logged, timeout=40, interval=1.0, what="the waypoint's record at the collector")
+        tlab.wait_for(lambda: any(e.attributes.get("direction") == "outbound" and e.attributes.get("src") == "client"
+                                  for e in logs()), timeout=20, interval=0.5,
+                      what="ztunnel's record of the client's connection at the collector")
+        got = logs()
+        w = next(e for e in got if e.attributes.get("path") == "/als-probe")
+        assert w.via == "otlp-grpc" and w.scope == "mesh-access" and w.resource == {}
+        assert w.attributes["code"] == "200" and w.attributes["direction"] == "inbound"
+        assert w.attributes["src"] == "client" and w.attributes["dst"] == "echo"
+        assert '"GET /als-probe HTTP/1.1" 200' in w.body
+        z = next(e for e in got if e.attributes.get("direction") == "outbound" and e.attributes.get("src") == "client")
+        assert "path" not in z.attributes and z.scope == "mesh-access"     # a connection has no request path
+        print(f"\nwaypoint record: {w.body}\nztunnel record: {z.attributes}")
     finally:
         delete(tlab, f)
         (tlab.dir / "mesh-config.yaml").unlink(missing_ok=True)
