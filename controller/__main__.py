@@ -423,16 +423,15 @@ async def amain(args: ControllerSettings) -> int:
                 return 1
             servings.append(webhook.certificate)
             if args.kube and args.webhook_config:
-                from controller.admission.patcher import WebhookPatcher
+                from prometheus_client import REGISTRY
+
+                from controller.admission.patcher import WebhookPatcher, WebhookStateCollector
                 from controller.sources.kube import make_api_client
                 ca = ca_servicer.ca
                 patcher = WebhookPatcher(make_api_client(args.kube_host, args.kubeconfig), args.root_namespace,
                                          lambda: ca.trust_bundle().pem_bundle(), leading=leader or (lambda: True),
                                          name=args.webhook_config)
                 patcher.run(stop)
-                from prometheus_client import REGISTRY
-
-                from controller.admission.patcher import WebhookStateCollector
                 REGISTRY.register(WebhookStateCollector(patcher))
         ca_reloader = ca_reload(args, storage, ca_servicer.ca, servings, controller)
         if args.insecure_config_stream:

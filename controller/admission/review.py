@@ -15,12 +15,14 @@ comes back as a warning. Only a problem the update introduces refuses it.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from typing import Any
 
 from controller.validation import FieldError, object_ref, validate_object, without_nulls
 
 Obj = dict[str, Any]
+log = logging.getLogger("ambit.controller.admission")
 
 API_VERSION = "admission.k8s.io/v1"
 # Most errors one answer lists, and the longest warning: kube-apiserver truncates warnings past
@@ -72,7 +74,11 @@ def advice(obj: Obj) -> tuple[str, ...]:
     from controller.waypoints.never_match import never_matching
     from controller.waypoints.unreachable import unreachable_rules
     good = [without_nulls(obj)]
-    found = never_matching(good) + unreachable_rules(good)
+    try:
+        found = never_matching(good) + unreachable_rules(good)
+    except Exception:  # noqa: BLE001 - advice is a courtesy: never the reason a valid write fails
+        log.exception("admission webhook: advisories of %s failed", object_ref(obj))
+        return ()
     return tuple(_warning(f"{ref}: {path}: {why}" if path else f"{ref}: {why}") for ref, path, why in found[:MAX_WARNINGS])
 
 

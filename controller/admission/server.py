@@ -20,6 +20,7 @@ import socket
 import ssl
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -35,9 +36,17 @@ PATH = "/validate"
 MAX_BODY = 8 << 20
 HANDSHAKE_TIMEOUT = 10.0
 IDLE_TIMEOUT = 60.0         # a kept-alive connection the API server does not use again
+# When every slot is taken, the connection that made no progress (accepted, or answered a review)
+# for longest is closed for the new one, if that was at least this long ago: an idle kept-alive
+# connection costs its client a reconnect, but a stranger trickling bytes can no longer hold every
+# slot against the API server.
+EVICT_AFTER = 5.0
 
+EVICTED = Counter("ambit_controller_admission_connections_evicted", "webhook connections closed, with every slot "
+                  "taken, for a new one: the one idle or stalled for longest, at least EVICT_AFTER seconds")
 REVIEWS = Counter("ambit_controller_admission_reviews", "AdmissionReviews answered by the webhook, by "
-                  "operation and result (allowed, denied, bad: not an AdmissionReview)", ["operation", "result"])
+                  "operation and result (allowed, denied, bad: not an AdmissionReview, error: the review "
+                  "failed)", ["operation", "result"])
 
 
 class TLSContexts:
@@ -106,6 +115,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             REVIEWS.labels("", "bad").inc()
             self._send(400, f"{e}\n".encode(), "text/plain")
             return
+        except Exception as e:  # noqa: BLE001 - a validation bug: say so (the API server then applies failurePolicy)
+            log.exception("admission review failed")
+            REVIEWS.labels("", "error").inc()
+            self._send(500, f"the review failed: {type(e).__name__}\n".encode(), "text/plain")
+            return
         REVIEWS.labels(verdict.operation, "allowed" if verdict.allowed else "denied").inc()
         if not verdict.allowed:
             log.info("refused a %s: %s", verdict.operation.lower(), verdict.message.replace("\n", "; "))
@@ -122,6 +136,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self._headers_buffer.append(b"\r\n" + body)     # what end_headers() appends, and the body
         self.flush_headers()
+        self.server.progressed(self.request)
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - http.server's name; quiet
         pass
@@ -142,23 +157,67 @@ class WebhookServer(http.server.ThreadingHTTPServer):
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         super().__init__(address, _Handler)
         self.contexts = contexts
+        self.clock = time.monotonic
         self._slots = threading.BoundedSemaphore(max_connections)
+        self._lock = threading.Lock()
+        self._progress: dict[Any, float] = {}       # accepted socket -> when it last made progress
+        self._tls: dict[Any, Any] = {}              # accepted socket -> its TLS socket (which owns the fd)
+        self.evicted = 0
         self._thread: threading.Thread | None = None
 
+    def progressed(self, request: Any) -> None:
+        """A review was answered on `request`'s connection (`request`: the TLS socket or the raw one)."""
+        raw = getattr(request, "_ambit_raw", request)
+        with self._lock:
+            if raw in self._progress:
+                self._progress[raw] = self.clock()
+
+    def _evict(self) -> bool:
+        """Every slot is taken: close the connection idle or stalled for longest, if it has been
+        long enough (EVICT_AFTER). Its thread ends and frees its slot."""
+        with self._lock:
+            if not self._progress:
+                return False
+            raw, since = min(self._progress.items(), key=lambda kv: kv[1])
+            if self.clock() - since < EVICT_AFTER:
+                return False
+            del self._progress[raw]
+            target = self._tls.get(raw, raw)
+        self.evicted += 1
+        EVICTED.inc()
+        try:
+            # the socket's own shutdown, not SSLSocket's (which drops its TLS state under the thread
+            # using it): the kernel ends the connection, and that thread's read returns at once
+            socket.socket.shutdown(target, socket.SHUT_RDWR)
+        except OSError:
+            pass
+        return True
+
     def process_request(self, request: Any, client_address: Any) -> None:
-        if not self._slots.acquire(blocking=False):     # full: this one is closed, the others go on
-            self.shutdown_request(request)
-            return
+        if not self._slots.acquire(blocking=False):
+            # full: make room from a connection that is doing nothing, else this one is closed
+            if not (self._evict() and self._slots.acquire(timeout=1.0)):
+                self.shutdown_request(request)
+                return
+        with self._lock:
+            self._progress[request] = self.clock()
         try:
             super().process_request(request, client_address)
         except BaseException:
+            self._forget(request)
             self._slots.release()
             raise
+
+    def _forget(self, request: Any) -> None:
+        with self._lock:
+            self._progress.pop(request, None)
+            self._tls.pop(request, None)
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         try:
             super().process_request_thread(request, client_address)
         finally:
+            self._forget(request)
             self._slots.release()
 
     def finish_request(self, request: Any, client_address: Any) -> None:
@@ -167,12 +226,19 @@ class WebhookServer(http.server.ThreadingHTTPServer):
         request.settimeout(HANDSHAKE_TIMEOUT)
         request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)   # answers are one small write each
         try:
-            tls = self.contexts.current().wrap_socket(request, server_side=True)
+            # wrapping moves the descriptor to the TLS socket: eviction must shut that one down
+            tls = self.contexts.current().wrap_socket(request, server_side=True, do_handshake_on_connect=False)
         except (OSError, ssl.SSLError) as e:
-            log.debug("webhook handshake with %s failed: %s", client_address, e)
+            log.debug("webhook TLS with %s failed: %s", client_address, e)
             return
+        tls._ambit_raw = request        # type: ignore[attr-defined] - progress is kept by the accepted socket
+        with self._lock:
+            self._tls[request] = tls
         try:
+            tls.do_handshake()
             self.RequestHandlerClass(tls, client_address, self)
+        except (OSError, ssl.SSLError) as e:
+            log.debug("webhook connection from %s ended: %s", client_address, e)
         finally:
             try:
                 tls.close()

@@ -131,16 +131,43 @@ def test_a_body_past_the_bound_is_refused_unread_and_a_get_is_not_served(hook: H
     assert c.getresponse().status == 405
 
 
-def test_connections_past_the_bound_are_closed_and_a_silent_client_holds_one_slot_only(tmp_path: Path) -> None:
+def test_stalled_connections_hold_every_slot_only_until_a_client_needs_one(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Connections are bounded; a stranger who opens them all and sends nothing (or trickles bytes)
+    holds the webhook only for EVICT_AFTER: then the one stalled for longest is closed for a new
+    connection, so the API server's reviews are answered again."""
+    monkeypatch.setattr(srv, "EVICT_AFTER", 0.5)
     h = Hook(tmp_path, max_connections=2)
     try:
         silent = [socket.create_connection(("127.0.0.1", h.port)) for _ in range(2)]   # no ClientHello
         time.sleep(0.2)
         with pytest.raises((ssl.SSLError, ConnectionError, OSError)):
-            h.post(review(BAD))
+            h.post(review(BAD))         # within the grace: closed at once, the others untouched
+        assert h.server.evicted == 0
+        time.sleep(0.5)
+        assert h.post(review(BAD))[0] == 200        # the oldest stalled connection made room
+        assert h.server.evicted == 1
+        silent[0].settimeout(5)
+        assert silent[0].recv(1) == b""             # it was closed
         for s in silent:
             s.close()
-        wait_for(lambda: _answers(h), timeout=5, what="a slot free again")
+        wait_for(lambda: _answers(h), timeout=5, what="slots free again")
+    finally:
+        h.server.stop()
+
+
+def test_a_connection_that_answers_reviews_is_not_the_one_evicted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(srv, "EVICT_AFTER", 0.5)
+    h = Hook(tmp_path, max_connections=2)
+    try:
+        busy = h.connect()
+        silent = socket.create_connection(("127.0.0.1", h.port))
+        time.sleep(0.6)
+        assert h.post(review(BAD), conn=busy)[0] == 200    # progress: its clock starts again
+        assert h.post(review(BAD))[0] == 200               # the silent one is evicted, not busy
+        assert h.post(review(BAD), conn=busy)[0] == 200
+        silent.close()
+        busy.close()
     finally:
         h.server.stop()
 
