@@ -58,7 +58,8 @@ def provider_from_dict(d: Mapping[str, Any]) -> Provider:
                     port=int(d.get("port") or 0), path=str(d.get("path") or ""),
                     protocol=str(d.get("protocol") or ""), log_format=str(d.get("log_format") or ""),
                     labels=tuple((str(k), str(v)) for k, v in (d.get("labels") or {}).items()),
-                    log_name=str(d.get("log_name") or ""))
+                    log_name=str(d.get("log_name") or ""), timeout=float(d.get("timeout") or 0.0),
+                    headers=tuple((str(k), str(v)) for k, v in (d.get("headers") or ())))
 
 
 def providers_of(mesh: MeshSettings | None) -> dict[str, Provider]:

@@ -25,6 +25,8 @@ class Provider:
     log_format: str = ""            # access logs: text (Istio's default format) | json
     labels: tuple[tuple[str, str], ...] = ()   # JSON access-log fields / text format override
     log_name: str = ""              # envoyOtelAls: the records' instrumentation scope name
+    timeout: float = 0.0            # seconds per export (0: the exporter's default, 10 s)
+    headers: tuple[tuple[str, str], ...] = ()   # added to each export (gRPC: its initial metadata)
 
 
 @dataclass(frozen=True)

@@ -27,12 +27,14 @@ A file that cannot be used is reported (log and `ambit status`) and the last goo
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from ambit.duration import parse_go_duration
 from ambit.model import ExtAuthzProvider
 from ambit.telemetry import BUILTIN_PROVIDERS
 from ambit.telemetryformat import check_format
@@ -143,8 +145,8 @@ REFUSED_KINDS = {
     "sds": "not a telemetry provider Ambit implements",
 }
 _FIELDS = {
-    "opentelemetry": ("service", "port", "http", "maxTagLength"),
-    "zipkin": ("service", "port", "path", "maxTagLength"),
+    "opentelemetry": ("service", "port", "http", "grpc", "maxTagLength"),
+    "zipkin": ("service", "port", "path", "timeout", "headers", "maxTagLength"),
     "envoyFileAccessLog": ("path", "logFormat"),
     "envoyOtelAls": ("service", "port", "logName", "logFormat"),
     "prometheus": (),
@@ -215,16 +217,25 @@ def _provider(entry: Any, where: str) -> dict[str, Any]:
             raise ValueError(f"{where}: {kind}.service: {out['service']!r} is not a host name "
                              "(a Service's FQDN, a host, or host:port)")
     if kind == "opentelemetry":
-        http = spec.get("http")
+        http, grpc = spec.get("http"), spec.get("grpc")
+        if http is not None and grpc is not None:
+            raise ValueError(f"{where}: opentelemetry: http and grpc are exclusive (http: OTLP/HTTP, grpc or "
+                             "neither: OTLP/gRPC)")
         if http is not None:
-            if not isinstance(http, dict) or set(http) - {"path"}:
-                raise ValueError(f"{where}: opentelemetry.http: only path is supported by Ambit (timeout, headers: "
-                                 "the exporter's defaults apply)")
+            if not isinstance(http, dict) or set(http) - {"path", "timeout", "headers"}:
+                raise ValueError(f"{where}: opentelemetry.http: expected path, timeout, headers")
             out["protocol"], out["path"] = "http", _url_path(http.get("path") or "/v1/traces", where, kind)
+            _export_options(out, http.get("timeout"), http.get("headers"), f"{where}: opentelemetry.http")
         else:
+            if grpc is not None and (not isinstance(grpc, dict) or set(grpc) - {"timeout", "initialMetadata"}):
+                raise ValueError(f"{where}: opentelemetry.grpc: expected timeout, initialMetadata")
             out["protocol"] = "grpc"
+            grpc = grpc or {}
+            _export_options(out, grpc.get("timeout"), grpc.get("initialMetadata"),
+                            f"{where}: opentelemetry.grpc", metadata=True)
     elif kind == "zipkin":
         out["path"] = _url_path(spec.get("path") or "/api/v2/spans", where, kind)
+        _export_options(out, spec.get("timeout"), spec.get("headers"), f"{where}: zipkin")
     elif kind == "envoyFileAccessLog":
         out["path"] = str(spec.get("path") or "/dev/stdout")
         out["log_format"], out["labels"] = _log_format(spec.get("logFormat"), f"{where}: envoyFileAccessLog")
@@ -239,6 +250,54 @@ def _provider(entry: Any, where: str) -> dict[str, Any]:
 
 
 _NOT_IN_HOST = frozenset("/?#@ \t\r\n")
+
+
+# A header or gRPC metadata name: an HTTP token (gRPC metadata: lower case, and not a pseudo-header).
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_MAX_HEADERS = 32
+
+
+def _export_options(out: dict[str, Any], timeout: Any, headers: Any, where: str, metadata: bool = False) -> None:
+    """An exporter's `timeout` (a duration) and `headers` / `initialMetadata` ({name, value |
+    envName}), as Istio hands them to Envoy's tracer: an `envName` is read from the controller's own
+    environment when the mesh config is loaded (istiod reads its own), and the value reaches the
+    proxies with the provider. A name that is not set there is refused: Istio would send the
+    header empty, an authentication that silently fails."""
+    field = "initialMetadata" if metadata else "headers"
+    if timeout is not None:
+        try:
+            seconds = parse_go_duration(str(timeout))
+        except ValueError as e:
+            raise ValueError(f"{where}.timeout: {e}") from None
+        if not 0 < seconds <= 300:
+            raise ValueError(f"{where}.timeout: {timeout!r} must be more than 0 and at most 300s")
+        out["timeout"] = seconds
+    if headers is None:
+        return
+    if not isinstance(headers, list) or len(headers) > _MAX_HEADERS:
+        raise ValueError(f"{where}.{field}: expected a list of at most {_MAX_HEADERS} {{name, value | envName}}")
+    pairs = []
+    for i, h in enumerate(headers):
+        at = f"{where}.{field}[{i}]"
+        if not isinstance(h, dict) or set(h) - {"name", "value", "envName"} or "name" not in h \
+                or ("value" in h) == ("envName" in h):
+            raise ValueError(f"{at}: expected {{name, value}} or {{name, envName}}")
+        name = str(h["name"])
+        if not _TOKEN.fullmatch(name) or (metadata and (name != name.lower() or name.startswith("grpc-"))):
+            raise ValueError(f"{at}.name: {name!r} is not a header name" + (
+                " (gRPC metadata names are lower case, and grpc- names are gRPC's own)" if metadata else ""))
+        if "envName" in h:
+            env = str(h["envName"])
+            if env not in os.environ:
+                raise ValueError(f"{at}.envName: {env!r} is not set in the controller's environment (Istio reads "
+                                 "istiod's; an unset one would send the header empty)")
+            value = os.environ[env]
+        else:
+            value = str(h["value"])
+        if any(c in value for c in "\r\n\0"):
+            raise ValueError(f"{at}: the value has a line break or NUL, which no header carries")
+        pairs.append((name, value))
+    out["headers"] = pairs
 
 
 def _url_path(path: Any, where: str, kind: str) -> str:

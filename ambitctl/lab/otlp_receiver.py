@@ -112,6 +112,7 @@ class Receiver:
         self.logs_out = logs_out
         self.log_requests = 0
         self.log_count = 0
+        self.seen_headers: list[tuple[str, dict[str, str]]] = []   # (path or gRPC method, its headers), each request
         self._lock = threading.Lock()
         self.grpc = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
         trace_service_pb2_grpc.add_TraceServiceServicer_to_server(_TraceService(self), self.grpc)
@@ -186,6 +187,7 @@ class _TraceService(trace_service_pb2_grpc.TraceServiceServicer):
         self.r = r
 
     def Export(self, request, context):  # noqa: N802 (the proto's name)  # type: ignore[no-untyped-def]
+        self.r.seen_headers.append(("trace-grpc", {k: v for k, v in context.invocation_metadata()}))
         self.r.add(from_otlp(request, "otlp-grpc"), "otlp-grpc")
         return trace_service_pb2.ExportTraceServiceResponse()
 
@@ -218,6 +220,7 @@ def handler(r: Receiver) -> type[BaseHTTPRequestHandler]:
 
         def do_POST(self) -> None:  # noqa: N802
             body = self.rfile.read(int(self.headers.get("content-length") or 0))
+            r.seen_headers.append((self.path, {k.lower(): v for k, v in self.headers.items()}))
             if self.path == "/v1/traces":
                 req = trace_service_pb2.ExportTraceServiceRequest()
                 req.ParseFromString(body)

@@ -48,7 +48,8 @@ class HttpSpanExporter(SpanExporter):
     KIND = ""
     CONTENT_TYPE = ""
 
-    def __init__(self, endpoint: str, timeout: float = 10.0, rand: random.Random | None = None) -> None:
+    def __init__(self, endpoint: str, timeout: float = 10.0, rand: random.Random | None = None,
+                 headers: tuple[tuple[str, str], ...] = ()) -> None:
         u = urllib.parse.urlsplit(endpoint)
         try:
             port = u.port or 80
@@ -59,7 +60,9 @@ class HttpSpanExporter(SpanExporter):
         self.endpoint, self.timeout = endpoint, timeout
         self._host, self._port = u.hostname, port
         self._target = (u.path or "/") + (f"?{u.query}" if u.query else "")
-        self._headers = {"Content-Type": self.CONTENT_TYPE, "User-Agent": "ambit-waypoint"}
+        # the provider's headers (an API key ...) replace ours of the same name, as Envoy's
+        # OVERWRITE_IF_EXISTS_OR_ADD does, but never the body's Content-Type
+        self._headers = {"User-Agent": "ambit-waypoint", **dict(headers), "Content-Type": self.CONTENT_TYPE}
         self._rand = rand or random.Random()
         self._conn: http.client.HTTPConnection | None = None
         self._stopping = threading.Event()

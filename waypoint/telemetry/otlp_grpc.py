@@ -51,9 +51,11 @@ RETRYABLE = frozenset({"CANCELLED", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "
 class GrpclibSpanExporter(SpanExporter):
     """OTLP/gRPC span export to `endpoint` (`host:port`) with a per-export `timeout` in seconds."""
 
-    def __init__(self, endpoint: str, timeout: float = 10.0, rand: random.Random | None = None) -> None:
+    def __init__(self, endpoint: str, timeout: float = 10.0, rand: random.Random | None = None,
+                 headers: tuple[tuple[str, str], ...] = ()) -> None:
         rpc.parse_target(endpoint)           # a malformed endpoint fails when configured, not per batch
         self.endpoint, self.timeout = endpoint, timeout
+        self.metadata = tuple(headers)      # the provider's initialMetadata, on every export call
         self._rand = rand or random.Random()
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -107,7 +109,7 @@ class GrpclibSpanExporter(SpanExporter):
         if self._channel is None:
             self._channel = rpc.channel(self.endpoint)
         method = UnaryUnaryMethod(self._channel, EXPORT, Serialized, pb.ExportTraceServiceResponse)
-        await method(request, timeout=timeout)
+        await method(request, timeout=timeout, metadata=self.metadata or None)
 
     async def _reset(self) -> None:
         if self._channel is not None:

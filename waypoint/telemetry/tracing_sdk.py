@@ -81,7 +81,7 @@ def exporter(p: Provider) -> SpanExporter | None:
     if cls is None:
         log.warning("tracing provider %r of kind %r carries no spans: ignored for tracing", p.name, p.kind)
         return None
-    return cls(endpoint=endpoint(p))  # type: ignore[call-arg]
+    return cls(endpoint=endpoint(p), timeout=p.timeout or 10.0, headers=p.headers)  # type: ignore[call-arg]
 
 
 class Pipeline:
