@@ -21,6 +21,7 @@ from concurrent import futures
 from dataclasses import asdict, dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import grpc
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2, logs_service_pb2_grpc
@@ -128,23 +129,22 @@ class Receiver:
         with self._lock:
             self.requests[via] += 1
             self.count += len(spans)
-            if self.keep:
-                self.spans.extend(spans)
-            if self.out is not None:
-                with self.out.open("a") as f:
-                    for s in spans:
-                        f.write(json.dumps(asdict(s)) + "\n")
+            self._keep(spans, self.spans, self.out)
 
     def add_logs(self, logs: list[LogEntry]) -> None:
         with self._lock:
             self.log_requests += 1
             self.log_count += len(logs)
-            if self.keep:
-                self.logs.extend(logs)
-            if self.logs_out is not None:
-                with self.logs_out.open("a") as f:
-                    for e in logs:
-                        f.write(json.dumps(asdict(e)) + "\n")
+            self._keep(logs, self.logs, self.logs_out)
+
+    def _keep(self, items: list[Any], kept: MutableSequence[Any], out: Path | None) -> None:
+        """Under the lock: `items` into `kept` (with `keep`) and as JSON lines onto `out`."""
+        if self.keep:
+            kept.extend(items)
+        if out is not None:
+            with out.open("a") as f:
+                for x in items:
+                    f.write(json.dumps(asdict(x)) + "\n")
 
     def wait_logs(self, pred: Callable[[list[LogEntry]], bool], timeout: float = 10.0) -> list[LogEntry]:
         """The log entries once `pred(entries)` holds (or at the timeout, for the caller to assert on)."""
