@@ -184,7 +184,8 @@ def root_publisher(args: ControllerSettings, pems: Callable[[], list[str]], lead
     return publish, done.clear
 
 
-def ca_reload(args: ControllerSettings, storage: Any, ca: Any, servings: list[Any], controller: Controller) -> Any:
+def ca_reload(args: ControllerSettings, storage: Any, ca: Any, servings: list[Any], controller: Controller,
+              on_roots: Callable[[], None] | None = None) -> Any:
     """The CAReloader (controller/ca/reload.py) reading `storage` every --ca-reload-interval: a CA it
     takes up re-issues the controller's serving certificate at the next handshake, and new roots
     are republished (the leader's ambit-root-cert ConfigMaps, through the post-snapshot duties run
@@ -195,6 +196,8 @@ def ca_reload(args: ControllerSettings, storage: Any, ca: Any, servings: list[An
         for serving in servings:        # the gRPC port's certificate and the webhook's
             serving.renew_now()
         if root_changed:
+            if on_roots is not None:        # the admission webhook's caBundle, at once
+                on_roots()
             if args.root_cert_file is not None:
                 write_root_file(args.root_cert_file, ca.trust_bundle().pem_bundle())
             controller.reapply()
@@ -416,6 +419,7 @@ async def amain(args: ControllerSettings) -> int:
             log.error("--controller-service-account / --serving-host: %s", e)
             return 2
         servings = [serving]
+        patcher = None
         if args.webhook_listen:
             webhook = start_webhook(args, ServingCertificate(
                 ca_servicer.ca, args.identity, serving_hosts(args.identity, args.cluster_domain, args.serving_host)))
@@ -433,7 +437,8 @@ async def amain(args: ControllerSettings) -> int:
                                          name=args.webhook_config)
                 patcher.run(stop)
                 REGISTRY.register(WebhookStateCollector(patcher))
-        ca_reloader = ca_reload(args, storage, ca_servicer.ca, servings, controller)
+        ca_reloader = ca_reload(args, storage, ca_servicer.ca, servings, controller,
+                                on_roots=patcher.poke if patcher is not None else None)
         if args.insecure_config_stream:
             log.error("--insecure-config-stream with --ca-dir: the node credentials exist, so the config stream "
                       "requires them; drop the flag")

@@ -95,6 +95,12 @@ class WebhookPatcher:
         self.ready = False          # the dry run was refused by the webhook at least once
         self.complete: bool | None = None   # the last pass's verdict as leader (None: not leading)
         self._said: str | None = None
+        self._poked = threading.Event()
+
+    def poke(self) -> None:
+        """Reconcile now, not at the next tick: the CA's roots changed (a reload took a rotation
+        step up), and the API server must trust the new ones before the webhook serves under them."""
+        self._poked.set()
 
     def _say(self, level: int, text: str) -> None:
         if text != self._said:      # once per reason, not every tick
@@ -160,7 +166,8 @@ class WebhookPatcher:
                     self.complete = done
                 else:
                     self.complete = None
-                stop.wait(TICK_READY if done else TICK)
+                self._poked.wait(TICK_READY if done else TICK)
+                self._poked.clear()
         t = threading.Thread(target=loop, name="webhook-patcher", daemon=True)
         t.start()
         return t

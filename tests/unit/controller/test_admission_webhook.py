@@ -193,3 +193,28 @@ def test_with_no_controller_serving_writes_are_refused_until_one_is_back(cluster
     c.start_controller()        # the same CA (the Secret), so the caBundle written before still holds
     c.create(policy("deny-all", action="DENY", rules=[{}]))
     assert c.stored("deny-all") is not None
+
+
+def test_new_roots_reach_the_configuration_at_once_when_the_ca_reload_pokes_the_patcher(
+        cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A rotation step changes the roots; the webhook's certificate is re-issued at once, so the
+    API server must have the new roots at once too, not at the next 30 s tick."""
+    import threading
+
+    from controller.admission import patcher as pt
+    monkeypatch.setattr(pt, "TICK", 60.0)
+    monkeypatch.setattr(pt, "TICK_READY", 60.0)
+    roots = ["-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"]
+    p = pt.WebhookPatcher(cluster.api, NS, lambda: roots[0])
+    stop = threading.Event()
+    p.run(stop)
+    try:
+        def bundle() -> str:
+            return base64.b64decode(cluster.config()["webhooks"][0]["clientConfig"].get("caBundle") or "").decode()
+        wait_for(lambda: bundle() == roots[0], timeout=10, what="the first roots")
+        roots[0] += "-----BEGIN CERTIFICATE-----\nBBBB\n-----END CERTIFICATE-----\n"
+        p.poke()
+        wait_for(lambda: bundle() == roots[0], timeout=10, what="the new roots, well before the 60 s tick")
+    finally:
+        stop.set()
+        p.poke()
