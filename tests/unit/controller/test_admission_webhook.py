@@ -218,3 +218,39 @@ def test_new_roots_reach_the_configuration_at_once_when_the_ca_reload_pokes_the_
     finally:
         stop.set()
         p.poke()
+
+
+def test_kubectl_apply_says_why_and_prints_the_advice(cluster: Cluster, tmp_path: Path) -> None:
+    """What a user sees: the real kubectl, against the emulator calling the controller's webhook."""
+    import shutil
+
+    from tests.unit.debugapi.test_cluster_path import kubeconfig
+    kubectl = shutil.which("kubectl")
+    assert kubectl, "kubectl is not installed: scripts/setup.sh (make setup) installs it"
+    c = cluster
+    c.emu.route_service(NS, "ambit-controller", WEBHOOK_PORT, "127.0.0.1", c.webhook_port)
+    c.start_controller()
+    wait_for(lambda: fails_closed(c), timeout=30, what="failurePolicy Fail")
+    kc = kubeconfig(tmp_path / "kubeconfig", c.emu.url)
+
+    def apply(doc: dict[str, Any], *extra: str) -> subprocess.CompletedProcess[str]:
+        f = tmp_path / "obj.json"
+        f.write_text(json.dumps(doc))
+        # --validate=false: kubectl's own check against the server's OpenAPI, which the emulator does not serve
+        return subprocess.run([kubectl, "--kubeconfig", str(kc), "apply", "--validate=false", "-f", str(f), *extra],
+                              capture_output=True, text=True, timeout=60)
+
+    bad = apply(policy("deny-admin", action="DENY", rules=[{"to": [{"operation": {"paths": [""]}}]}]))
+    assert bad.returncode == 1, bad.stdout
+    assert 'admission webhook "validation.ambit.io" denied the request: AuthorizationPolicy/demo/deny-admin: ' \
+           "spec.rules[0].to[0].operation.paths[0]" in bad.stderr, bad.stderr
+    assert c.stored("deny-admin") is None
+    dry = apply(policy("deny-admin", action="DENY"), "--dry-run=server")
+    assert dry.returncode == 1 and "DENY action without" in dry.stderr, dry.stderr
+    # valid, stored, and what it does wrong said where the writer sees it
+    odd = apply(policy("deny-delete", action="DENY", rules=[{"to": [{"operation": {"methods": ["delete"]}}]}]))
+    assert odd.returncode == 0, odd.stderr
+    assert "authorizationpolicy.security.istio.io/deny-delete created" in odd.stdout
+    assert "Warning: AuthorizationPolicy/demo/deny-delete: spec.rules[0].to[0].operation.methods[0]: methods are " \
+           'case-sensitive, so "delete" matches no request' in odd.stderr, odd.stderr
+    assert c.stored("deny-delete") is not None
