@@ -129,7 +129,7 @@ def answer(body: bytes) -> tuple[Obj, Verdict]:
     verdict = judge(request)
     response: Obj = {"uid": request["uid"], "allowed": verdict.allowed}
     if not verdict.allowed:
-        response["status"] = {"code": DENIED_CODE, "reason": "Invalid", "message": verdict.message}
+        response["status"] = {"code": DENIED_CODE, "message": verdict.message}    # no reason, as istiod
     if verdict.warnings:
         response["warnings"] = list(verdict.warnings)
     return {"apiVersion": API_VERSION, "kind": "AdmissionReview", "response": response}, verdict

@@ -242,6 +242,7 @@ def test_kubectl_apply_says_why_and_prints_the_advice(cluster: Cluster, tmp_path
 
     bad = apply(policy("deny-admin", action="DENY", rules=[{"to": [{"operation": {"paths": [""]}}]}]))
     assert bad.returncode == 1, bad.stdout
+    assert bad.stderr.startswith("Error from server: error when creating"), bad.stderr    # as istiod's reads
     assert 'admission webhook "validation.ambit.io" denied the request: AuthorizationPolicy/demo/deny-admin: ' \
            "spec.rules[0].to[0].operation.paths[0]" in bad.stderr, bad.stderr
     assert c.stored("deny-admin") is None
