@@ -119,6 +119,10 @@ class WebhookPatcher:
                       "invalid objects are stored and refused only in their status until it exists")
             return False
         bundle = self.ca_bundle()
+        if not fails_closed(current):
+            # Not failing closed (never yet, or set back to Ignore by hand, or a re-created
+            # configuration): proven again before Fail, every time.
+            self.ready = False
         if not self.ready and not fails_closed(current):
             first = plan(current, bundle, fail_closed=False)
             if first is not None:       # the roots first: the dry run needs them

@@ -7,7 +7,8 @@ once when the CA is reloaded, without a restart: each new connection takes the n
 
 Validation is CPU alone and an answer takes well under a millisecond, so a thread per connection
 is enough; the port is reachable in the cluster, so connections are bounded (`max_connections`:
-one more is closed at once), as are a handshake's and a request's time and a body's size.
+when all are taken, the one idle or stalled longest makes room, `EVICT_AFTER`, else the new one is
+closed), as are a handshake's time and a body's size.
 """
 
 from __future__ import annotations

@@ -255,3 +255,44 @@ def test_kubectl_apply_says_why_and_prints_the_advice(cluster: Cluster, tmp_path
     assert "Warning: AuthorizationPolicy/demo/deny-delete: spec.rules[0].to[0].operation.methods[0]: methods are " \
            'case-sensitive, so "delete" matches no request' in odd.stderr, odd.stderr
     assert c.stored("deny-delete") is not None
+
+
+def test_set_back_to_ignore_by_hand_it_fails_closed_again_only_once_proven_again(
+        cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An operator sets Ignore (the docs' way to write configuration with the webhook unreachable):
+    the leader must prove the API server reaches the webhook again before setting Fail, not set it
+    back blindly and lock everyone out again. In process, with short ticks: the webhook server and
+    the patcher as the controller runs them."""
+    import threading
+
+    from controller.admission import patcher as pt
+    from controller.admission import server as srv
+    from controller.ca.authority import CertificateAuthority, generate_root
+    from controller.ca_setup import ServingCertificate
+    monkeypatch.setattr(pt, "TICK", 0.2)
+    monkeypatch.setattr(pt, "TICK_READY", 0.2)
+    ca = CertificateAuthority(generate_root("cluster.local"), "cluster.local")
+    cert = ServingCertificate(ca, "spiffe://cluster.local/ns/ambit-system/sa/ambit-controller",
+                              [f"ambit-controller.{NS}.svc"])
+    hook = srv.WebhookServer(("127.0.0.1", 0), srv.TLSContexts(cert.pem_if_due))
+    hook.start()
+    c = cluster
+    c.emu.route_service(NS, "ambit-controller", WEBHOOK_PORT, "127.0.0.1", hook.server_address[1])
+    p = pt.WebhookPatcher(c.api, NS, lambda: ca.trust_bundle().pem_bundle())
+    stop = threading.Event()
+    p.run(stop)
+    try:
+        wait_for(lambda: fails_closed(c), timeout=10, what="failurePolicy Fail")
+        c.emu.route_service(NS, "ambit-controller", WEBHOOK_PORT, "127.0.0.1", free_port())    # unreachable now
+        cfg = c.config()
+        cfg["webhooks"][0]["failurePolicy"] = "Ignore"
+        c.emu.update(cfg)
+        time.sleep(1.5)                                 # several passes
+        assert not fails_closed(c) and p.complete is False
+        c.create(policy("written-meanwhile", action="DENY", rules=[{}]))     # writes go through meanwhile
+        c.emu.route_service(NS, "ambit-controller", WEBHOOK_PORT, "127.0.0.1", hook.server_address[1])
+        wait_for(lambda: fails_closed(c), timeout=10, what="Fail again, once proven")
+    finally:
+        stop.set()
+        p.poke()
+        hook.stop()
