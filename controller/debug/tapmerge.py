@@ -118,8 +118,8 @@ class TapMerge:
             return True
         if not part.ended or (part.address == address and now - part.ended_at < part.backoff):
             return False
+        # what it sent before it ended and the reader has not taken yet is still delivered
         part.address, part.ended, part.feeds, part.late = address, "", None, "tapped again"
-        part.queue.clear()
         return True
 
     def forget(self, listed: set[str]) -> None:

@@ -92,6 +92,14 @@ def test_a_replica_that_appears_during_a_tap_joins_it_and_is_said_once_it_taps()
 def test_a_replica_that_comes_back_is_tapped_again_after_a_backoff_and_a_dead_one_is_named_once() -> None:
     m = TapMerge([(B.name, B.address)])
     m.event("ctl-b", {"type": "status", "feeds": ["ztunnel/node-b"]})
+    m.event("ctl-b", flow(0))                                   # sent before it went, not taken yet
+    m.ended("ctl-b", "UNAVAILABLE: gone", now=100.0)
+    assert m.join("ctl-b", B.address, 102.0) is True            # back before the reader took it
+    m.ended("ctl-b", "UNAVAILABLE: gone again", now=102.0)
+    stopped, kept = m.take()
+    assert kept["n"] == 0                                       # reopening loses nothing queued
+    m = TapMerge([(B.name, B.address)])
+    m.event("ctl-b", {"type": "status", "feeds": ["ztunnel/node-b"]})
     m.ended("ctl-b", "UNAVAILABLE: gone", now=100.0)
     [stopped] = m.take()
     assert "stopped (10.0.0.2:15012): UNAVAILABLE: gone" in stopped["error"]
