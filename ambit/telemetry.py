@@ -59,7 +59,8 @@ def provider_from_dict(d: Mapping[str, Any]) -> Provider:
                     protocol=str(d.get("protocol") or ""), log_format=str(d.get("log_format") or ""),
                     labels=tuple((str(k), str(v)) for k, v in (d.get("labels") or {}).items()),
                     log_name=str(d.get("log_name") or ""), timeout=float(d.get("timeout") or 0.0),
-                    headers=tuple((str(k), str(v)) for k, v in (d.get("headers") or ())))
+                    headers=tuple((str(k), str(v)) for k, v in (d.get("headers") or ())),
+                    resource_env=bool(d.get("resource_env")))
 
 
 def providers_of(mesh: MeshSettings | None) -> dict[str, Provider]:

@@ -27,6 +27,7 @@ class Provider:
     log_name: str = ""              # envoyOtelAls: the records' instrumentation scope name
     timeout: float = 0.0            # seconds per export (0: the exporter's default, 10 s)
     headers: tuple[tuple[str, str], ...] = ()   # added to each export (gRPC: its initial metadata)
+    resource_env: bool = False      # opentelemetry resourceDetectors.environment: OTEL_RESOURCE_ATTRIBUTES
 
 
 @dataclass(frozen=True)

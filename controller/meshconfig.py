@@ -145,7 +145,7 @@ REFUSED_KINDS = {
     "sds": "not a telemetry provider Ambit implements",
 }
 _FIELDS = {
-    "opentelemetry": ("service", "port", "http", "grpc", "maxTagLength"),
+    "opentelemetry": ("service", "port", "http", "grpc", "resourceDetectors", "maxTagLength"),
     "zipkin": ("service", "port", "path", "timeout", "headers", "maxTagLength"),
     "envoyFileAccessLog": ("path", "logFormat"),
     "envoyOtelAls": ("service", "port", "logName", "logFormat"),
@@ -233,6 +233,16 @@ def _provider(entry: Any, where: str) -> dict[str, Any]:
             grpc = grpc or {}
             _export_options(out, grpc.get("timeout"), grpc.get("initialMetadata"),
                             f"{where}: opentelemetry.grpc", metadata=True)
+        detectors = spec.get("resourceDetectors")
+        if detectors is not None:
+            if not isinstance(detectors, dict) or set(detectors) - {"environment", "dynatrace"}:
+                raise ValueError(f"{where}: opentelemetry.resourceDetectors: expected environment (or dynatrace)")
+            if "dynatrace" in detectors:
+                raise ValueError(f"{where}: opentelemetry.resourceDetectors.dynatrace: not supported by Ambit "
+                                 "(environment is: OTEL_RESOURCE_ATTRIBUTES of the waypoint)")
+            if detectors.get("environment") not in (None, {}):
+                raise ValueError(f"{where}: opentelemetry.resourceDetectors.environment: takes no fields ({{}})")
+            out["resource_env"] = "environment" in detectors
     elif kind == "zipkin":
         out["path"] = _url_path(spec.get("path") or "/api/v2/spans", where, kind)
         _export_options(out, spec.get("timeout"), spec.get("headers"), f"{where}: zipkin")

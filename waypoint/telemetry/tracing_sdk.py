@@ -84,15 +84,24 @@ def exporter(p: Provider) -> SpanExporter | None:
     return cls(endpoint=endpoint(p), timeout=p.timeout or 10.0, headers=p.headers)  # type: ignore[call-arg]
 
 
+def resource(ident: tr.Identity, environment: bool) -> Resource:
+    """The spans' resource: the SDK's own attributes (telemetry.sdk.*) and the waypoint's identity,
+    and, only when a provider names Istio's `resourceDetectors.environment`, what the waypoint's
+    OTEL_RESOURCE_ATTRIBUTES says (under the identity's keys, which win), as Envoy's environment
+    detector reads it. `Resource.create` would read that variable always."""
+    from opentelemetry.sdk.resources import _DEFAULT_RESOURCE, OTELResourceDetector
+    base = _DEFAULT_RESOURCE.merge(OTELResourceDetector().detect()) if environment else _DEFAULT_RESOURCE
+    return base.merge(Resource({"service.name": ident.service_name, "service.namespace": ident.namespace,
+                                "service.instance.id": ident.node_id}))
+
+
 class Pipeline:
     """One batch processor per exporting provider, and what every span of this config carries
     (the resource, the instrumentation scope)."""
 
     def __init__(self, providers: tuple[Provider, ...], ident: tr.Identity, delay_ms: int) -> None:
         self.providers = providers
-        self.resource = Resource.create({
-            "service.name": ident.service_name, "service.namespace": ident.namespace,
-            "service.instance.id": ident.node_id})
+        self.resource = resource(ident, any(p.resource_env for p in providers))
         self.scope = InstrumentationScope("ambit.waypoint", "", "")   # what the SDK's get_tracer() would give
         self.processors: list[BatchSpanProcessor] = []
         for p in providers:

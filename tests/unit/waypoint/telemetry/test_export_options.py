@@ -92,3 +92,23 @@ def test_every_export_carries_the_providers_headers(receiver: Receiver, kind: st
     assert headers["x-api-key"] == "k1", (where, headers)
     if kind == "otlp-http":         # the body's type is the exporter's, whatever a header says
         assert headers["content-type"] == "application/x-protobuf"
+
+
+def test_the_environment_resource_detector_reads_otel_resource_attributes_only_when_named(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Istio's `resourceDetectors.environment`: the waypoint's OTEL_RESOURCE_ATTRIBUTES on its spans'
+    resource, under the waypoint's own identity keys; without it, the variable is not read (Envoy
+    has no detector then). `dynatrace` is refused."""
+    from waypoint.telemetry import tracing as tr
+    from waypoint.telemetry.tracing_sdk import resource
+    monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", "k8s.cluster.name=prod-eu,service.name=not-this")
+    ident = tr.Identity("waypoint~~wp-0.default~default.svc.cluster.local", "waypoint", namespace="default")
+    on = provider_from_dict(parsed("opentelemetry", resourceDetectors={"environment": {}}))
+    assert on.resource_env and not provider_from_dict(parsed("opentelemetry")).resource_env
+    with_env = resource(ident, True).attributes
+    assert with_env["k8s.cluster.name"] == "prod-eu" and with_env["service.name"] == ident.service_name
+    without = resource(ident, False).attributes
+    assert "k8s.cluster.name" not in without and without["service.name"] == ident.service_name == "waypoint.default"
+    assert without["telemetry.sdk.language"] == "python"
+    with pytest.raises(ValueError, match="dynatrace: not supported by Ambit"):
+        parsed("opentelemetry", resourceDetectors={"dynatrace": {}})
