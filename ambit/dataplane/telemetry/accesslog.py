@@ -138,7 +138,7 @@ def conn_values(rec: ConnRecord) -> dict[str, Any]:
         "SOURCE_WORKLOAD": rec.src_workload, "SOURCE_NAMESPACE": rec.src_namespace,
         "DESTINATION_WORKLOAD": rec.dst_workload, "DESTINATION_NAMESPACE": rec.dst_namespace,
         "DESTINATION_SERVICE": rec.dst_service, "CONNECTION_DIRECTION": rec.direction,
-        "start_unix": rec.start,        # ambit.telemetrylog.START, not imported at start-up (ztunnel's memory)
+        "start_unix": rec.start,        # ambit.telemetrylog.START: the record's start for an OTLP provider
     }
 
 

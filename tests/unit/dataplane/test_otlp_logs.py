@@ -138,6 +138,7 @@ def test_a_ztunnel_connections_record_reaches_the_collector(receiver: Receiver) 
     finally:
         logs.close()
     [e] = got
+    assert abs(e.time_unix_nano / 1e9 - rec.start) < 0.001          # conn_values carries START
     assert e.attributes == {"direction": "outbound", "dst": "orders", "sent": "1234"}
     assert e.scope == "otel_envoy_accesslog"
 
