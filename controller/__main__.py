@@ -208,7 +208,8 @@ def ca_reload(args: ControllerSettings, storage: Any, ca: Any, servings: list[An
 def start_webhook(args: ControllerSettings, certificate: Any) -> Any:
     """The admission webhook's HTTPS server (controller/admission), serving at once: validation
     needs no snapshot. None (logged) when its port cannot be bound."""
-    from controller.admission.server import TLSContexts, WebhookServer, parse_listen
+    from controller.admission import parse_listen
+    from controller.admission.server import TLSContexts, WebhookServer
     try:
         server = WebhookServer(parse_listen(args.webhook_listen), TLSContexts(certificate.pem_if_due))
     except OSError as e:

@@ -10,8 +10,8 @@ from pathlib import Path
 from ambit import clusterdomain, settings
 from ambit.settings import non_negative, option, parsed_by
 from controller.acceptgate import MAX_CONNECTIONS_PER_PEER
+from controller.admission import parse_listen
 from controller.admission.patcher import CONFIG_NAME
-from controller.admission.server import parse_listen
 from controller.ca.reload import DEFAULT_INTERVAL as CA_RELOAD_INTERVAL
 from controller.ca.service import CA_REQUEST_BURST, CA_REQUEST_RATE
 from controller.configserver.server import MAX_CONNECTIONS, MAX_STREAMS_PER_CLIENT

@@ -256,10 +256,3 @@ class WebhookServer(http.server.ThreadingHTTPServer):
         if self._thread is not None:
             self._thread.join(timeout=5)
 
-
-def parse_listen(listen: str) -> tuple[str, int]:
-    """`HOST:PORT` (`[V6]:PORT`) as a socket address; ValueError naming what is wrong."""
-    host, sep, port = listen.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"--webhook-listen {listen!r}: must be HOST:PORT with a port 1..65535")
-    return host.strip("[]") or "0.0.0.0", int(port)

@@ -50,7 +50,8 @@ EXPORT_BATCH = 128
 
 def endpoint(p: Provider) -> str:
     """Where a provider's spans go: `host:port` for OTLP gRPC, a URL for OTLP HTTP and Zipkin."""
-    hostport = p.service if (":" in p.service or not p.port) else f"{p.service}:{p.port}"
+    from ambit.dataplane.telemetry.otlp_logs import endpoint as host_port
+    hostport = host_port(p)
     if p.kind == "zipkin":
         return f"http://{hostport}{p.path or '/api/v2/spans'}"
     if p.protocol == "http":

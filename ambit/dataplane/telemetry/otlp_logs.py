@@ -115,6 +115,8 @@ class Serialized:
 
 
 def endpoint(p: Provider) -> str:
+    """A provider's collector as `host:port` (its `service` may carry the port already); the
+    waypoint's span exporters build their URLs on it."""
     return p.service if (":" in p.service or not p.port) else f"{p.service}:{p.port}"
 
 

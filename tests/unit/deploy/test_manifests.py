@@ -290,8 +290,9 @@ def test_the_webhook_configuration_reaches_the_controllers_webhook_under_its_cer
     `--webhook-listen` binds, the name must be one the controller's certificate carries, and
     the configuration starts `Ignore` (the controller switches it: controller/admission/patcher.py)."""
     from controller.__main__ import parse_args
+    from controller.admission import parse_listen
     from controller.admission.patcher import CONFIG_NAME, PROBE_GROUP, PROBE_PLURAL, WEBHOOK_NAME
-    from controller.admission.server import PATH, parse_listen
+    from controller.admission.server import PATH
     from controller.ca_setup import serving_hosts
     docs = render("--namespace", "mesh-ops")
     c = container(docs, "Deployment", "ambit-controller", "controller")
