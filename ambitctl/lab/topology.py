@@ -26,6 +26,7 @@ from pathlib import Path
 
 from ambit import cgroups
 from ambit.netns import NETNS_RUN_DIR
+from ambitctl.lab import garp
 from ambitctl.lab.spec import LabSpec, PodSpec, resolve_target_port
 
 ETC_NETNS = Path("/etc/netns")
@@ -226,6 +227,7 @@ def pod_network(nns: str, pns: str, host_if: str, ip: str, gateway: str) -> None
     ipn(pns, "link", "set", "eth0", "up")
     ipn(pns, "route", "add", "default", "via", gateway)
     sysctls(pns, POD_SYSCTLS)
+    garp.announce(pns, "eth0", ip)      # its old address's neighbours learn the new MAC (garp.py)
 
 
 def write_hosts(spec: LabSpec, names: LabNames, pod: PodSpec) -> None:

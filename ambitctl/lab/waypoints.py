@@ -172,17 +172,9 @@ def _build_pod(names: LabNames, node: dict[str, Any], w: dict[str, Any]) -> None
     nns, pns = names.node_netns(node["name"]), names.pod_netns(w["namespace"], w["pod"])
     host_if = f"vw{w['ip'].rsplit('.', 1)[1]}"
     topology.sh("ip", "netns", "add", pns)
-    topology.ipn(nns, "link", "add", host_if, "type", "veth", "peer", "name", "eth0", "netns", pns)
-    topology.ipn(nns, "link", "set", host_if, "master", "br0")
-    topology.ipn(nns, "link", "set", host_if, "up")
-    topology.ipn(pns, "link", "set", "lo", "up")
-    topology.ipn(pns, "addr", "add", f"{w['ip']}/24", "dev", "eth0")
-    topology.ipn(pns, "link", "set", "eth0", "up")
-    topology.ipn(pns, "route", "add", "default", "via", node["gateway_ip"])
-    # the address may be a removed gateway's: drop the node's stale neighbour entry for it, or the
-    # node keeps sending to the old MAC until the entry times out (tens of seconds)
-    topology.ipn(nns, "neigh", "flush", "to", w["ip"])
-    topology.sysctls(pns, topology.POD_SYSCTLS)
+    # the address may be a removed gateway's: pod_network's gratuitous ARP tells the node and the
+    # pods on its bridge the new MAC (ambitctl/lab/garp.py)
+    topology.pod_network(nns, pns, host_if, w["ip"], node["gateway_ip"])
     cgroups.create(names.pod_cgroup(node["name"], w["namespace"], w["pod"]))
     d = topology.ETC_NETNS / pns
     d.mkdir(parents=True, exist_ok=True)

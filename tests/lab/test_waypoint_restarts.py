@@ -86,3 +86,40 @@ def test_a_waypoint_restarted_while_the_controller_is_away_serves_from_its_cache
                      interval=0.5, what="myapp through the restarted waypoint, the controller away")
     finally:
         lab.ambit("lab", "start", "controller")
+
+
+def _mac(netns: str) -> str:
+    return json.loads(subprocess.run(["ip", "-n", netns, "-j", "link", "show", "eth0"], capture_output=True,
+                                     text=True, check=True).stdout)[0]["address"]
+
+
+def _neighbour(netns: str, ip: str) -> str | None:
+    out = json.loads(subprocess.run(["ip", "-n", netns, "-j", "neigh", "show", ip], capture_output=True,
+                                    text=True, check=True).stdout)
+    return out[0].get("lladdr") if out else None
+
+
+def test_a_waypoint_applied_again_at_its_old_address_is_reached_at_once(lab: Lab) -> None:
+    """Deleted and applied again, the waypoint gets its old address and a new MAC. A pod on its
+    node that talked to the old one held the old MAC, and ztunnel dials from inside that pod's
+    netns: its first tunnels timed out (10 s) until the kernel re-probed. The new pod announces
+    itself (gratuitous ARP, as the CNI bridge plugin does), so the next request is served."""
+    serving(lab)
+    pods = {f"{p['namespace']}/{p['name']}": p for p in lab.status()["pods"]}
+    client = pods["default/myapp-v3"]        # on node2, the waypoint's node: one bridge
+    assert status_of(lab, "default/myapp-v3", "http://myapp/")[0] == 200
+    before = waypoints(lab)[0]
+    wp_netns = f"{lab.name}.default.{before['pod']}"
+    old_mac = _mac(wp_netns)
+    assert _neighbour(client["netns"], before["ip"]) == old_mac
+    lab.ambit("delete", "gateway", "waypoint", "-n", "default", "--wait")
+    lab.wait_for(lambda: not waypoints(lab), timeout=30, what="the waypoint removed")
+    apply(lab, [GATEWAY], lab.dir, "gateway-again")
+    lab.wait_for(lambda: [w for w in waypoints(lab) if w["ready"] and w["pid"]], timeout=60, what="waypoint ready")
+    after = waypoints(lab)[0]
+    assert after["ip"] == before["ip"]
+    new_mac = _mac(wp_netns)
+    assert new_mac != old_mac
+    assert _neighbour(client["netns"], after["ip"]) == new_mac     # told, not re-probed
+    code, body = status_of(lab, "default/myapp-v3", "http://myapp/")     # the first try, 5 s at most
+    assert code == 200, body

@@ -75,6 +75,11 @@ class HBONEConnectError(ConnectionError):
         self.headers = headers or {}      # the refusing response's headers (e.g. which policy)
 
 
+class DialTimeout(ConnectionError):
+    """The TCP connect or the TLS handshake to the peer did not finish within `handshake_timeout`:
+    said as such, not as the tunnel's own (longer) timeout, which had not run out."""
+
+
 ContextProvider = Callable[[str], Awaitable[ssl.SSLContext]]
 SocketFactory = Callable[[PoolKey, int], Awaitable[socket.socket]]
 
@@ -162,6 +167,8 @@ class HBONEClientPool:
                 return await self._open(key, authority, headers)
         except TimeoutError:
             raise HBONEConnectError(key, authority, f"timed out after {timeout:g}s") from None
+        except DialTimeout as e:
+            raise HBONEConnectError(key, authority, str(e)) from None
 
     async def _open(self, key: PoolKey, authority: str, headers: list[tuple[str, str]]) -> HBONEStream:
         for attempt in range(2):
@@ -268,7 +275,11 @@ class HBONEClientPool:
 
     async def _dial_new(self, key: PoolKey, ctx: ssl.SSLContext) -> HBONEProtocol:
         loop = asyncio.get_running_loop()
-        sock = await asyncio.wait_for(self._dial(key, self.port), self.handshake_timeout)
+        try:
+            sock = await asyncio.wait_for(self._dial(key, self.port), self.handshake_timeout)
+        except TimeoutError:
+            raise DialTimeout(f"TCP connect to {key.dst_ip}:{self.port} timed out after "
+                              f"{self.handshake_timeout:g}s") from None
         proto = HBONEProtocol(self._new_conn(), loop=loop, on_unusable=self._evict)
         try:
             apply_keepalive(sock, key.keepalive)       # whatever dialled it (ztunnel dials in the pod's netns)
@@ -276,6 +287,10 @@ class HBONEClientPool:
                 lambda: proto, sock=sock, ssl=ctx, server_hostname=key.dst_ip,
                 ssl_handshake_timeout=self.handshake_timeout,
             )
+        except TimeoutError:
+            sock.close()
+            raise DialTimeout(f"TLS handshake with {key.dst_ip}:{self.port} timed out after "
+                              f"{self.handshake_timeout:g}s") from None
         except BaseException:
             sock.close()
             raise

@@ -554,6 +554,22 @@ def test_connect_to_a_closed_port_fails_cleanly(ca) -> None:
     asyncio.run(main())
 
 
+def test_a_dial_that_times_out_says_so_not_the_tunnels_timeout(ca) -> None:
+    """The TCP connect has `handshake_timeout` (10 s), the tunnel its own (15 s in ztunnel): the
+    reason names what ran out. It said "timed out after 15s" after 10 s, about a connect that got
+    no answer (a stale neighbour entry: ambitctl/lab/garp.py)."""
+    async def never(key, port):
+        await asyncio.sleep(3600)
+
+    async def main() -> None:
+        async with Mesh(ca, echo, dial=never, handshake_timeout=0.2) as m:
+            with pytest.raises(HBONEConnectError) as e:
+                await m.open(timeout=5)
+            assert e.value.reason == f"TCP connect to 127.0.0.1:{m.port} timed out after 0.2s"
+
+    asyncio.run(main())
+
+
 def test_connect_timeout_resets_the_pending_tunnel_only(ca) -> None:
     server_side: list[HBONEStream] = []
 
