@@ -16,6 +16,7 @@ from ambit.configclient.credential import node_metadata, read_token
 from ambit.configclient.report import StatusReporter
 from ambit.dataplane import memory, process, shutdown
 from ambit.dataplane.feed import TapFeed, exposition
+from ambit.dataplane.hbone import liveness
 from ambit.dataplane.hbone.limits import CERTIFICATE_WAITS, DEFENSES, REFUSED
 from ambit.dataplane.identity import CertStore, GrpcCertificateFetcher, IdentityManager
 from ambit.dataplane.telemetry.health import HealthCollector
@@ -79,6 +80,7 @@ async def amain(args: WaypointSettings) -> None:
         log.warning("no --node-token-file/CA: no certificate, so no HBONE will be served")
     # Istio's TCP families (opaque tunnels) and, on the same registry, HTTP
     metrics = Metrics(expiry=args.metrics_expiry)
+    liveness.configure(args.tunnel.liveness)     # HBONE PINGs to find silent peers
     proxy = WaypointProxy(args, config, identities,
                           http_metrics=HttpMetrics(metrics.registry, expiry=args.metrics_expiry),
                           registry=metrics.registry, tcp_metrics=metrics)

@@ -13,6 +13,7 @@ from ambit.configclient.credential import node_metadata
 from ambit.configclient.report import StatusReporter
 from ambit.dataplane import memory, process, shutdown
 from ambit.dataplane.feed import TapFeed, exposition
+from ambit.dataplane.hbone import liveness
 from ambit.dataplane.tap import TapHub
 from ambit.dataplane.telemetry.merge import MetricsMerger, parse_source
 from ambit.dataplane.telemetry.metrics import Metrics, MetricsServer
@@ -58,6 +59,7 @@ async def amain(args: ZtunnelSettings) -> None:
                    trust_domain=args.trust_domain, max_forwards_per_pod=args.dns.max_forwards_per_pod)
     log.info("DNS proxy on 127.0.0.1:15053 in every pod's netns; cluster domain %s; upstream resolvers: %s",
              args.cluster_domain, describe(upstreams))
+    liveness.configure(args.tunnel.liveness)     # HBONE PINGs to find silent peers
     proxy = Proxy(config=config, identities=identities, metrics=metrics, trust_domain=args.trust_domain,
                   tunnel=args.tunnel, limits=args.limits, keepalive=args.socket_keepalive, dns=dns)
     # the Telemetry API's sink (on/off, mode, filter, format per workload), also feeding `ambit tap`

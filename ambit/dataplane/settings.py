@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ambit.dataplane.gctune import check_threshold
+from ambit.dataplane.hbone.liveness import Liveness
 from ambit.settings import non_negative, option, positive
 
 
@@ -21,6 +22,15 @@ class TunnelSettings:
                               check=non_negative)
     drain: float = option(5.0, "seconds a pod's HBONE connections get to finish after it leaves (GOAWAY first)",
                           check=non_negative)
+    # istio/ztunnel's HBONE PING (ambit/dataplane/hbone/liveness.py): a silent peer's tunnels are reset
+    ping_interval: float = option(10.0, "seconds an HBONE connection may receive nothing before it is sent a PING; "
+                                  "0 disables the check", check=non_negative)
+    ping_timeout: float = option(20.0, "seconds an HBONE PING may go unanswered before the connection is closed and "
+                                 "its tunnels reset (the peer crashed or the network partitioned)", check=positive)
+
+    @property
+    def liveness(self) -> Liveness:
+        return Liveness(self.ping_interval, self.ping_timeout)
 
 
 # The memory and collector flags every proxy binary takes (ztunnel's and the waypoint's settings);

@@ -18,6 +18,7 @@ import logging
 from collections.abc import Callable
 
 from ambit.dataplane.hbone import frames as f
+from ambit.dataplane.hbone import liveness
 from ambit.dataplane.hbone.connection import (
     ConnectionClosed,
     ConnectRequest,
@@ -75,6 +76,8 @@ class HBONEProtocol(asyncio.Protocol):
         self.streams: dict[int, HBONEStream] = {}
         self.write_paused = False
         self.lost = False
+        self.reads = 0          # reads since the start: the liveness watch's sign of life
+        self._abort_reason = ""
         self._started = False
         self._early: list[bytes] = []
         self._pushq: dict[int, HBONEStream] = {}
@@ -99,6 +102,7 @@ class HBONEProtocol(asyncio.Protocol):
             pass
         self.conn.initiate()
         self._write_out()
+        liveness.watch(self)
         early, self._early = self._early, []
         for d in early:
             self.data_received(d)
@@ -107,6 +111,7 @@ class HBONEProtocol(asyncio.Protocol):
         if not self._started:
             self._early.append(bytes(data))
             return
+        self.reads += 1
         try:
             events = self.conn.receive_data(data)
             self._dispatch(events)
@@ -122,7 +127,8 @@ class HBONEProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
-        detail = f"connection lost: {exc}" if exc else "connection closed"
+        liveness.forget(self)
+        detail = f"connection lost: {exc}" if exc else self._abort_reason or "connection closed"
         for st in list(self.streams.values()):
             st.abort(StreamResetError(st.stream_id, f.CANCEL, remote=True, detail=detail))
         self.streams.clear()
@@ -220,9 +226,16 @@ class HBONEProtocol(asyncio.Protocol):
             self.on_unusable(self)
         self._maybe_finish()
 
-    def abort(self) -> None:
+    def abort(self, reason: str = "") -> None:
+        """Close at once; open streams are reset, with `reason` as their detail when given."""
+        self._abort_reason = reason
         if self.transport is not None:
             self.transport.abort()
+
+    def ping(self, payload: bytes) -> None:
+        """Send a PING (8 bytes); any frame the peer sends after it counts as its answer."""
+        self.conn.ping(payload)
+        self._write_out()
 
     # --- internals ------------------------------------------------------------------------------------------
 
