@@ -323,13 +323,14 @@ def origin_responses(draw: st.DrawFn) -> bytes:
 @given(st.binary(max_size=300), st.lists(st.integers(0, 400), max_size=4))
 @settings(max_examples=UNIT_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_random_bytes(data: bytes, cuts: list[int]) -> None:
-    check(drive(split(data, cuts)))
+    check(drive(split(data, cuts)), head=b"HEAD" in data)
 
 
 @given(st.lists(requests(), min_size=1, max_size=4), st.lists(st.integers(0, 10_000), max_size=5))
 @settings(max_examples=UNIT_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_generated_requests_split_anywhere(reqs: list[bytes], cuts: list[int]) -> None:
-    check(drive(split(b"".join(reqs), cuts)))
+    data = b"".join(reqs)
+    check(drive(split(data, cuts)), head=b"HEAD" in data)
 
 
 SEEDS = [PIPELINE, *MALFORMED.values(),
@@ -345,7 +346,8 @@ SEEDS = [PIPELINE, *MALFORMED.values(),
 @given(st.sampled_from(SEEDS), st.integers(0, 2**32), st.lists(st.integers(0, 10_000), max_size=5))
 @settings(max_examples=UNIT_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_mutated_valid_requests(seed: bytes, rng_seed: int, cuts: list[int]) -> None:
-    check(drive(split(mutate(random.Random(rng_seed), seed), cuts)))
+    data = mutate(random.Random(rng_seed), seed)
+    check(drive(split(data, cuts)), head=b"HEAD" in data)
 
 
 REQ = b"GET /a HTTP/1.1\r\nhost: h\r\n\r\n"
@@ -369,7 +371,8 @@ def test_any_origin_response(resp: bytes, rng_seed: int, mutated: bool, req: byt
        st.integers(0, 2**32), st.booleans(), st.lists(st.integers(0, 20_000), max_size=8))
 @settings(max_examples=LONG_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
 def test_fuzz_requests_long(data: bytes, rng_seed: int, mutated: bool, cuts: list[int]) -> None:
-    check(drive(split(mutate(random.Random(rng_seed), data) if mutated else data, cuts)))
+    data = mutate(random.Random(rng_seed), data) if mutated else data
+    check(drive(split(data, cuts)), head=b"HEAD" in data)
 
 
 @pytest.mark.fuzz
@@ -396,7 +399,8 @@ def long_run(cases: int, seed: int) -> int:
             if upstream:
                 check(drive([REQ, REQ], answer=lambda url, body, d=data: d), upstream_ok=False)
             else:
-                check(drive(split(data, [rng.randrange(len(data) + 1) for _ in range(rng.randrange(4))])))
+                check(drive(split(data, [rng.randrange(len(data) + 1) for _ in range(rng.randrange(4))])),
+                      head=b"HEAD" in data)
         except Exception:   # noqa: BLE001 - report every finding
             crashes += 1
             print(f"case {i}: CRASH ({'origin' if upstream else 'client'}) on {data!r}", file=sys.stderr)

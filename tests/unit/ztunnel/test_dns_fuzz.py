@@ -47,7 +47,7 @@ from ztunnel.dns.wire import UDP_MIN, Query, relay_reply, upstream_query
 from ztunnel.pods import PodProxy
 
 UNIT_EXAMPLES = 300
-LONG_EXAMPLES = int(os.environ.get("AMBIT_FUZZ_EXAMPLES", "3000"))
+LONG_EXAMPLES = int(os.environ.get("AMBIT_FUZZ_EXAMPLES", "800"))
 HEADER = 12
 RCODES = {dns.rcode.NOERROR, dns.rcode.NXDOMAIN, dns.rcode.FORMERR, dns.rcode.SERVFAIL, dns.rcode.NOTIMP}
 MESH_NAMES = ["reviews.demo.svc.cluster.local.", "reviews.", "reviews.demo.", "api.example.com.",
