@@ -375,6 +375,23 @@ def test_upstream_trailer_fields_that_frame_a_message_are_not_relayed() -> None:
         assert [v for k, v in fields if k == b"transfer-encoding"] == [b"chunked"]
 
 
+@pytest.mark.parametrize("status", [b"100 Continue", b"102 Processing", b"104 Upload Resumption", b"199 X"])
+@pytest.mark.parametrize("framing", [b"content-length: 10", b"transfer-encoding: chunked"])
+def test_an_upstream_1xx_with_a_body_is_502_not_relayed_headless(status: bytes, framing: bytes) -> None:
+    """Regression (found by test_http1_fuzz): a 1xx has no content (RFC 9110 §15.2), but llhttp
+    reads one its Content-Length announces, and those bytes went to the client before any
+    response head (the 1xx head is dropped): the client read them as the start of the response.
+    A 1xx that announces a body is a protocol error, as a 204 that does: 502 UPE."""
+    body = b"0123456789" if framing.startswith(b"content") else b"a\r\n0123456789\r\n0\r\n\r\n"
+    resp = b"HTTP/1.1 " + status + b"\r\n" + framing + b"\r\n\r\n" + body
+    run = drive([b"GET /a HTTP/1.1\r\nhost: h\r\n\r\n"], answer=lambda url, b: resp)
+    assert run.out.startswith(b"HTTP/1.1 502 "), run.out
+    assert [(r.status, r.response_flags) for r in run.records] == [(502, "UPE")]
+    ok = b"HTTP/1.1 " + status + b"\r\ncontent-length: 0\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+    run = drive([b"GET /a HTTP/1.1\r\nhost: h\r\n\r\n"], answer=lambda url, b: ok)
+    assert run.out.startswith(b"HTTP/1.1 200 OK\r\n") and run.out.endswith(b"\r\n\r\nok"), run.out
+
+
 def test_shutdown_leaves_no_dial_pending() -> None:
     """A dial still in progress when the waypoint shuts down is cancelled and awaited: one left
     pending when the loop closed was an error from inside asyncio (seen as an unraisable warning)."""
