@@ -28,6 +28,9 @@ _OPS = ("==", "!=", "<=", ">=", "<", ">")
 _TOKEN = re.compile(r'\s*(?:(?P<num>\d+)|(?P<str>"[^"\\]*"|\'[^\'\\]*\')|(?P<op>&&|\|\||==|!=|<=|>=|<|>|!|\(|\))'
                     r'|(?P<id>[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*))')
 
+INT64_MAX = 2**63 - 1
+MAX_DEPTH = 64      # nested `!` and parentheses: a parser in Python recursion, bounded well below its limit
+
 Attrs = Mapping[str, Any]
 Predicate = Callable[[Attrs], bool]
 
@@ -49,6 +52,8 @@ def _tokens(expr: str) -> list[tuple[str, Any]]:
         kind = m.lastgroup or ""
         text = m.group(kind)
         if kind == "num":
+            if len(text) > 19 or int(text) > INT64_MAX:     # (int() of a 4,300-digit text raises ValueError)
+                raise FilterError(f"integer {text[:20]}... out of range (CEL's int is 64-bit)")
             out.append(("lit", int(text)))
         elif kind == "str":
             out.append(("lit", text[1:-1]))
@@ -63,6 +68,7 @@ class _Parser:
     def __init__(self, expr: str) -> None:
         self.toks = _tokens(expr)
         self.i = 0
+        self.depth = 0
 
     def peek(self) -> tuple[str, Any] | None:
         return self.toks[self.i] if self.i < len(self.toks) else None
@@ -96,14 +102,26 @@ class _Parser:
 
     def unary(self) -> Predicate:
         if self.take("!"):
-            inner = self.unary()
+            inner = self._nested(self.unary)
             return lambda a: not inner(a)
         if self.take("("):
-            inner = self.or_()
+            inner = self._nested(self.or_)
             if not self.take(")"):
                 raise FilterError("missing ')'")
             return inner
         return self.comparison()
+
+    def _nested(self, parse: Callable[[], Predicate]) -> Predicate:
+        """`parse()` one level deeper: past MAX_DEPTH a FilterError, not Python's RecursionError
+        (which escaped the validation and the proxies' config handling) nor a predicate too deep
+        to evaluate."""
+        self.depth += 1
+        if self.depth > MAX_DEPTH:
+            raise FilterError(f"nested deeper than {MAX_DEPTH} levels")
+        try:
+            return parse()
+        finally:
+            self.depth -= 1
 
     def operand(self) -> tuple[str, Any]:
         t = self.peek()

@@ -286,14 +286,24 @@ def _times(claims: dict[str, Any], now: float) -> tuple[dict[str, Any] | None, s
     """exp and nbf against the injected clock (PyJWT's own check reads the wall clock)."""
     exp, nbf = claims.get("exp"), claims.get("nbf")
     for v in (exp, nbf):
-        # Python's json reads NaN and Infinity, which compare false with everything: never expired
-        if v is not None and (isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v)):
+        # Python's json reads NaN and Infinity, which compare false with everything: never expired;
+        # and integers of any size, which no float holds (the comparison below would raise)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int | float) or not _finite(v)):
             return None, MALFORMED
     if exp is not None and now > exp + CLOCK_SKEW:
         return None, EXPIRED
     if nbf is not None and now + CLOCK_SKEW < nbf:
         return None, NOT_YET
     return claims, ""
+
+
+def _finite(v: int | float) -> bool:
+    """`v` is a finite number a float can hold (`math.isfinite` raises OverflowError for an
+    integer past 1.8e308, which a token's JSON may carry)."""
+    try:
+        return math.isfinite(v)
+    except OverflowError:
+        return False
 
 
 def claim(claims: dict[str, Any], name: str) -> Any:

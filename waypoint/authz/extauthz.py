@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
+from ambit.httpfields import PROXY_OWNED_HEADERS
 from ambit.policymatch import string_match
 
 ALLOWED, DENIED, ERROR = "allowed", "denied", "error"
@@ -77,8 +78,10 @@ def name_matcher(patterns: Iterable[str]) -> Callable[[str], bool]:
 
 
 def _fixed(name: str) -> bool:
-    """Headers a check may not edit: pseudo-headers and Host (Envoy's OkHttpResponse docs)."""
-    return name.startswith(":") or name == "host"
+    """Headers a check may not edit: pseudo-headers and Host (Envoy's OkHttpResponse docs), and the
+    others the proxy owns (ambit.httpfields): a `content-length: 0` set on a POST would make the
+    rest of its body a second request on an HTTP/1.1 upstream (smuggling)."""
+    return name.startswith(":") or name in PROXY_OWNED_HEADERS
 
 
 def edit_request(headers: Sequence[tuple[str, str]], r: CheckResult) -> list[tuple[str, str]]:

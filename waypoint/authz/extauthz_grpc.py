@@ -14,7 +14,12 @@ The answer: a call that failed (HTTP status not 200, grpc-status not 0, no or un
 is an error. CheckResponse.status code 0 allows, with `ok_response` edits: `headers` set the
 request header (appended when `append` is true), `headers_to_remove`, `response_headers_to_add`
 (by `append`, else by `append_action`). Any other code denies: `denied_response` status (403 when
-unset or 0), body and headers.
+unset, or not a status HTTP can answer with: outside 200..599), body and headers.
+
+A protobuf string may hold anything, and these become header fields on both legs: an edit whose
+name is not a token or whose value holds CR, LF or NUL (a header injected into the upstream
+request or the client's response) makes the answer an error, as Envoy's `validate_mutations`
+does; a denial's such headers are dropped (it still denies). Values are sent as their UTF-8 bytes.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from collections.abc import Sequence
 from google.protobuf.message import DecodeError
 
 from ambit.api import ext_authz_pb2 as pb
+from ambit.httpfields import wire_value
 from ambit.model import ExtAuthzProvider
 from waypoint.authz.extauthz import (
     ADD,
@@ -102,6 +108,18 @@ def check_request(p: ExtAuthzProvider, hostname: str, msg: pb.CheckRequest) -> t
     return RequestHead("POST", PATH, hostname, "http", headers, "2", grpc=True), framed
 
 
+_TOKEN = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyz")     # RFC 9110 §5.6.2, lower-cased
+
+
+def _field(key: str, value: str) -> tuple[str, str] | None:
+    """(name, value) as the engine carries a header field, or None when the authorizer's key is
+    not a field name or its value is not a field value (RFC 9110 §5.5: no CR, LF or NUL)."""
+    name = key.lower()
+    if not name or not _TOKEN.issuperset(name) or "\r" in value or "\n" in value or "\x00" in value:
+        return None
+    return name, wire_value(value)
+
+
 def _header(headers: Sequence[tuple[str, str]] | None, name: str) -> str | None:
     return next((v for k, v in headers or () if k.lower() == name), None)
 
@@ -133,17 +151,23 @@ def interpret(status: int, headers: Sequence[tuple[str, str]], body: bytes,
         ok = resp.ok_response
         set_, add = [], []
         for o in ok.headers:
-            (add if o.append.value else set_).append((o.header.key.lower(), o.header.value))
+            f = _field(o.header.key, o.header.value)
+            if f is None:
+                return error(f"Check call answered an invalid header to set: {o.header.key[:64]!r}")
+            (add if o.append.value else set_).append(f)
         down = []
         for o in ok.response_headers_to_add:
+            f = _field(o.header.key, o.header.value)
+            if f is None:
+                return error(f"Check call answered an invalid response header: {o.header.key[:64]!r}")
             action = (ADD if o.append.value else SET) if o.HasField("append") else _ACTIONS.get(o.append_action, ADD)
-            down.append((action, o.header.key.lower(), o.header.value))
+            down.append((action, *f))
         return CheckResult(ALLOWED, upstream_set=tuple(set_), upstream_add=tuple(add),
                            upstream_remove=tuple(n.lower() for n in ok.headers_to_remove), downstream=tuple(down))
     d = resp.denied_response
-    code = d.status.code if resp.HasField("denied_response") and d.status.code > 0 else 403
-    reply = tuple((o.header.key.lower(), o.header.value) for o in d.headers
-                  if o.header.key.lower() not in REPLY_FRAMING)
+    code = d.status.code if resp.HasField("denied_response") and 200 <= d.status.code <= 599 else 403
+    fields = (_field(o.header.key, o.header.value) for o in d.headers)
+    reply = tuple(f for f in fields if f is not None and f[0] not in REPLY_FRAMING)
     return CheckResult(DENIED, status=code, body=d.body.encode(), reply_headers=reply,
                        reason=f"authorizer denied (status code {resp.status.code}"
                               f"{': ' + resp.status.message if resp.status.message else ''})")

@@ -54,7 +54,7 @@ from waypoint.authz.extauthz import edit_response
 from waypoint.http import attempt, authzcall, edge, shadow
 from waypoint.http.chunks import keep
 from waypoint.http.grpcframes import MessageCounter
-from waypoint.http.headers import add_forwarded, grpc_status_for, strip_hop_by_hop
+from waypoint.http.headers import add_forwarded, grpc_status_for, strip_hop_by_hop, trailer_fields
 from waypoint.http.legs import DownLeg, Headers, UpLeg
 from waypoint.http.record import RequestRecord
 from waypoint.request import Decision, Downstream, Forward, Hold, LocalReply, RequestHead, SubReply
@@ -364,6 +364,7 @@ class Exchange:
         if self.done or (self.x is not None and not current and self._superseded()):
             return
         if trailers:
+            trailers = trailer_fields(trailers)
             for k, v in trailers:
                 if k == "grpc-status":
                     self.record.grpc_status = v
@@ -415,6 +416,8 @@ class Exchange:
         if self.req_ended:
             return
         self.req_ended = True
+        if trailers:
+            trailers = trailer_fields(trailers)
         self.req_trailers = trailers
         x = self.x
         if x is not None and x.shadows:

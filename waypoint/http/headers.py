@@ -95,6 +95,21 @@ def connection_tokens(headers: Iterable[tuple[str, str]]) -> set[str]:
     return out
 
 
+# Fields a trailer section must not carry (RFC 9110 §6.5.1): those that frame the message or control
+# the connection (and Host, Trailer). A next hop's parser may act on them all the same: llhttp reads
+# a trailer `Transfer-Encoding` or `Connection: close` as the message's own (the client's keep-alive
+# connection then ends, and the next response on it is refused), and a trailer `Content-Length` as
+# a framing error. So they are dropped where trailers enter the engine, as a recipient may (§6.5.1).
+NOT_IN_TRAILERS = HOP_BY_HOP | {"content-length", "host", "trailer"}
+
+
+def trailer_fields(trailers: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """`trailers` without the fields a trailer section must not carry (`NOT_IN_TRAILERS`)."""
+    if NOT_IN_TRAILERS.isdisjoint(map(header_name, trailers)):
+        return trailers     # (gRPC's grpc-status and grpc-message: one pass in C)
+    return [h for h in trailers if h[0] not in NOT_IN_TRAILERS]
+
+
 def strip_hop_by_hop(headers: list[tuple[str, str]], *, keep_upgrade: bool = False) -> list[tuple[str, str]]:
     """`headers` without hop-by-hop headers. `keep_upgrade`: an upgrade passed through keeps
     `Upgrade` and gets `Connection: upgrade` back, so the next hop sees the handshake."""

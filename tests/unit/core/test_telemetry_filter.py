@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ambit.telemetryfilter import FilterError, check_filter, compile_filter
+from ambit.telemetryfilter import MAX_DEPTH, FilterError, check_filter, check_value, compile_filter
 
 
 @pytest.mark.parametrize(("expr", "attrs", "want"), [
@@ -45,3 +45,26 @@ def test_refuses_what_it_does_not_support(expr: str, why: str) -> None:
 
 def test_check_filter_accepts_the_subset() -> None:
     assert check_filter("response.code >= 400") == ""
+
+
+@pytest.mark.parametrize("expr", ["(" * 2000 + "connection.mtls" + ")" * 2000, "!" * 5000 + "connection.mtls",
+                                  "!(" * 1000 + "connection.mtls" + ")" * 1000])
+def test_nesting_past_the_limit_is_refused_not_a_recursion_error(expr: str) -> None:
+    """Regression (found by test_telemetry_filter_fuzz): nested `!` or parentheses raised
+    RecursionError out of `check_filter` (the controller's validation) and `compile_filter` (each
+    proxy's config handling). Past MAX_DEPTH the expression is refused with a reason; up to it,
+    it is evaluated."""
+    assert "nested deeper than" in check_filter(expr)
+    assert "nested deeper than" in check_value(expr)
+    ok = "(" * MAX_DEPTH + "connection.mtls" + ")" * MAX_DEPTH
+    assert compile_filter(ok)({"connection.mtls": True}) is True
+
+
+@pytest.mark.parametrize("digits", [20, 5000])
+def test_an_integer_literal_beyond_64_bits_is_refused_with_a_reason(digits: int) -> None:
+    """Regression (found by test_telemetry_filter_fuzz): a literal of over 4,300 digits made
+    `int()` raise a plain ValueError, which `check_filter` (catching FilterError) let escape.
+    CEL's int is 64-bit: a larger literal is refused, whatever its length."""
+    expr = "response.code >= " + "9" * digits
+    assert "out of range" in check_filter(expr)
+    assert compile_filter(f"response.code <= {2**63 - 1}")({"response.code": 200}) is True

@@ -162,6 +162,51 @@ def test_grpc_ok_applies_its_header_options_and_denied_defaults_to_403() -> None
     assert (r.status, r.body, r.reply_headers) == (401, b"who?", (("www-authenticate", "Bearer"),))
 
 
+@pytest.mark.parametrize("key,value", [("x-a", "1\r\nx-injected: 1"), ("x-a", "a\nb"), ("x-a", "a\x00b"),
+                                       ("x a", "1"), ("x-a\r\nx-b", "1"), ("", "1")])
+def test_a_grpc_allows_header_edit_that_is_no_header_field_is_an_error(key: str, value: str) -> None:
+    """Regression (found by test_ext_authz_fuzz): a CheckResponse's strings went into header
+    fields as they were, so an authorizer could inject a header line into the upstream request
+    (request smuggling on HTTP/1.1) or the client's response. Such an answer is an error (the
+    provider's failure mode decides), as Envoy's `validate_mutations`; for either list of edits."""
+    for ok in (pb.OkHttpResponse(headers=[pb.HeaderValueOption(header=pb.HeaderValue(key=key, value=value))]),
+               pb.OkHttpResponse(response_headers_to_add=[pb.HeaderValueOption(header=pb.HeaderValue(key=key, value=value))])):
+        r = extauthz_grpc.interpret(200, [], _framed(pb.CheckResponse(status=pb.RpcStatus(code=0), ok_response=ok)), OK)
+        assert r.result == ERROR, r
+
+
+def test_a_grpc_answers_text_is_sent_as_utf8_bytes() -> None:
+    """Regression (found by test_ext_authz_fuzz): a value with a character beyond latin-1 ("€")
+    made the waypoint's writer raise UnicodeEncodeError; it is sent as its UTF-8 bytes, as Envoy."""
+    ok = pb.OkHttpResponse(headers=[pb.HeaderValueOption(header=pb.HeaderValue(key="x-a", value="5 €"))])
+    r = extauthz_grpc.interpret(200, [], _framed(pb.CheckResponse(status=pb.RpcStatus(code=0), ok_response=ok)), OK)
+    assert r.upstream_set == (("x-a", "5 \xe2\x82\xac"),)
+    "".join(v for _, v in r.upstream_set).encode("latin-1")
+
+
+@pytest.mark.parametrize("code", [1, 100, 199, 600, 999, 2**31 - 1])
+def test_a_grpc_denial_with_a_status_http_cannot_answer_is_403_and_its_bad_headers_are_dropped(code: int) -> None:
+    """Regression (found by test_ext_authz_fuzz): a denial's status went out as it was (HTTP/1.1
+    600, or a 1xx the client takes for an interim response and waits on for ever). Outside
+    200..599 it is the default 403; it still denies, its headers that are no fields dropped."""
+    denied = pb.CheckResponse(status=pb.RpcStatus(code=7), denied_response=pb.DeniedHttpResponse(
+        status=pb.HttpStatus(code=code), body="no", headers=[
+            pb.HeaderValueOption(header=pb.HeaderValue(key="x-bad", value="a\r\nset-cookie: x")),
+            pb.HeaderValueOption(header=pb.HeaderValue(key="x-good", value="1"))]))
+    r = extauthz_grpc.interpret(200, [], _framed(denied), OK)
+    assert (r.result, r.status, r.body, r.reply_headers) == (DENIED, 403, b"no", (("x-good", "1"),))
+
+
+def test_an_allowing_check_never_edits_the_headers_the_proxy_owns() -> None:
+    """Regression (found by test_ext_authz_fuzz): an authorizer's `content-length: 0` replaced
+    the request's, and an HTTP/1.1 upstream then read the rest of a POST's body as a second
+    request (smuggling); Transfer-Encoding and the connection's headers alike."""
+    r = CheckResult(ALLOWED, upstream_set=(("content-length", "0"), ("transfer-encoding", "chunked"), ("x-a", "1")),
+                    upstream_add=(("content-length", "5"), ("te", "x")), upstream_remove=("content-length", "expect"))
+    out = edit_request([("content-length", "10"), ("expect", "100-continue"), ("te", "trailers")], r)
+    assert out == [("content-length", "10"), ("expect", "100-continue"), ("te", "trailers"), ("x-a", "1")]
+
+
 @pytest.mark.parametrize("status,headers,body,trailers", [
     (503, [], b"", None),                                               # not a gRPC answer
     (200, [], b"", [("grpc-status", "14"), ("grpc-message", "down")]),   # the call failed

@@ -18,6 +18,7 @@ import pytest
 
 from tests.unit.waypoint.fakes import FakeTransport
 from waypoint.http.engine import Engine, UpstreamTarget
+from waypoint.http.headers import trailer_fields
 from waypoint.http.http1 import H1Server
 from waypoint.http.http1.server import PIPELINE_DEPTH
 from waypoint.http.record import RequestRecord
@@ -341,6 +342,54 @@ def test_upstream_response_headers_and_trailers_within_the_limit_go_through() ->
                     then=lambda run, s=step: [resp[i:i + s] for i in range(0, len(resp), s)])
         assert status_lines(run.out) == [b"200"] and run.out.count(b"x-h98: ") == 2
         assert not run.closed and [r.response_flags for r in run.records] == [""]
+
+
+def test_upstream_trailer_fields_that_frame_a_message_are_not_relayed() -> None:
+    """Regression (found by test_http1_fuzz): trailer fields were relayed as they came, and a
+    trailer `Transfer-Encoding` or `Connection: close` made the client's parser (llhttp) end its
+    keep-alive connection after that response, refusing the next one ("Data after `Connection:
+    close`"); a trailer `Content-Length` (which an HTTP/2 upstream may send; llhttp refuses it
+    from an HTTP/1.1 one) was a framing error there. RFC 9110 §6.5.1: such fields are not
+    trailers; they are dropped, the others are relayed."""
+    assert trailer_fields([("content-length", "5"), ("grpc-status", "0"), ("te", "x"), ("upgrade", "y")]) == \
+        [("grpc-status", "0")]
+    trailers = b"transfer-encoding: h\r\nconnection: close\r\nhost: x\r\nx-t: 1\r\n"
+    resp = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n" + trailers + b"\r\n"
+    run = drive([b"GET /a HTTP/1.1\r\nhost: h\r\n\r\n", b"GET /b HTTP/1.1\r\nhost: h\r\n\r\n"],
+                answer=lambda url, body: resp)
+    assert run.upstream_requests == [(b"/a", b""), (b"/b", b"")] and not run.closed
+    got: list[list[tuple[bytes, bytes]]] = []
+
+    class Client:
+        def on_message_begin(self) -> None:
+            got.append([])
+
+        def on_header(self, name: bytes, value: bytes) -> None:
+            got[-1].append((name.lower(), value))
+
+    httptools.HttpResponseParser(Client()).feed_data(run.out)      # both responses, on one connection
+    assert len(got) == 2
+    for fields in got:
+        assert (b"x-t", b"1") in fields
+        assert not {b"connection", b"content-length", b"host"} & {k for k, _ in fields}
+        assert [v for k, v in fields if k == b"transfer-encoding"] == [b"chunked"]
+
+
+@pytest.mark.parametrize("status", [b"100 Continue", b"102 Processing", b"104 Upload Resumption", b"199 X"])
+@pytest.mark.parametrize("framing", [b"content-length: 10", b"transfer-encoding: chunked"])
+def test_an_upstream_1xx_with_a_body_is_502_not_relayed_headless(status: bytes, framing: bytes) -> None:
+    """Regression (found by test_http1_fuzz): a 1xx has no content (RFC 9110 §15.2), but llhttp
+    reads one its Content-Length announces, and those bytes went to the client before any
+    response head (the 1xx head is dropped): the client read them as the start of the response.
+    A 1xx that announces a body is a protocol error, as a 204 that does: 502 UPE."""
+    body = b"0123456789" if framing.startswith(b"content") else b"a\r\n0123456789\r\n0\r\n\r\n"
+    resp = b"HTTP/1.1 " + status + b"\r\n" + framing + b"\r\n\r\n" + body
+    run = drive([b"GET /a HTTP/1.1\r\nhost: h\r\n\r\n"], answer=lambda url, b: resp)
+    assert run.out.startswith(b"HTTP/1.1 502 "), run.out
+    assert [(r.status, r.response_flags) for r in run.records] == [(502, "UPE")]
+    ok = b"HTTP/1.1 " + status + b"\r\ncontent-length: 0\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+    run = drive([b"GET /a HTTP/1.1\r\nhost: h\r\n\r\n"], answer=lambda url, b: ok)
+    assert run.out.startswith(b"HTTP/1.1 200 OK\r\n") and run.out.endswith(b"\r\n\r\nok"), run.out
 
 
 def test_shutdown_leaves_no_dial_pending() -> None:

@@ -249,6 +249,17 @@ def test_a_non_finite_exp_is_malformed_not_eternal(exp: float) -> None:
     assert out.reply is not None and out.reply.status == 401
 
 
+@pytest.mark.parametrize("claim", ["exp", "nbf"])
+def test_an_exp_or_nbf_too_large_for_a_float_is_malformed_not_a_crash(claim: str) -> None:
+    """Regression (found by test_jwt_fuzz): JSON integers have no size limit, and a signed token
+    with `nbf` (or `exp`) of 10**400 made `math.isfinite` raise OverflowError out of
+    `authenticate`. Such a time is no time: 401, as a non-finite one."""
+    out = run(head(bearer(token(**{claim: 10**400}))))
+    assert out.user is None and out.reply is not None
+    assert (out.reply.status, out.reply.body) == (401, b"Jwt is not in the form of Header.Payload.Signature "
+                                                       b"with two dots and 3 sections")
+
+
 @pytest.mark.parametrize("aud, configured", [
     ("https://app/", ["app"]), ("app", ["https://app/"]), (["x", "http://app"], ["app/"]), ("app", ["app"]),
 ])

@@ -301,6 +301,8 @@ class H1Client(asyncio.Protocol):
                 raise Refuse(502, f"status code {status}")
             # 100 Continue (already answered downstream) and 1xx: dropped, at most MAX_INFORMATIONAL
             # of them per response; 101: no message end, HttpParserUpgrade follows
+            if status != 101:
+                self._no_content()      # (llhttp reads a 1xx's Content-Length body: it went downstream headless)
             self._informational = True
             if self._n1xx_of != self.requests:      # (counted here, not reset per request in `bind`)
                 self._n1xx_of, self._n1xx = self.requests, 0
@@ -330,8 +332,9 @@ class H1Client(asyncio.Protocol):
             self._complete()
 
     def _no_content(self) -> None:
-        """A 204 has no body and no length (RFC 9110 §8.6, §15.3.5): `content-length: 0` is
-        dropped; a length or a Transfer-Encoding that says otherwise is a protocol error (Envoy)."""
+        """A 204 or a 1xx has no body and no length (RFC 9110 §8.6, §15.2, §15.3.5):
+        `content-length: 0` is dropped; a length or a Transfer-Encoding that says otherwise is a
+        protocol error (Envoy)."""
         for k, v in self._headers:
             if k == "transfer-encoding" or (k == "content-length" and int(v) != 0):
                 raise Refuse(502, f"204 response with {k}: {v[:64]}")
