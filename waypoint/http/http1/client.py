@@ -302,7 +302,7 @@ class H1Client(asyncio.Protocol):
             # 100 Continue (already answered downstream) and 1xx: dropped, at most MAX_INFORMATIONAL
             # of them per response; 101: no message end, HttpParserUpgrade follows
             if status != 101:
-                self._no_content()      # (llhttp reads a 1xx's Content-Length body: it went downstream headless)
+                self._no_content(status)      # (llhttp reads a 1xx's Content-Length body: it went downstream headless)
             self._informational = True
             if self._n1xx_of != self.requests:      # (counted here, not reset per request in `bind`)
                 self._n1xx_of, self._n1xx = self.requests, 0
@@ -322,7 +322,7 @@ class H1Client(asyncio.Protocol):
             framed = True       # (no break: a second Transfer-Encoding may name another coding)
         if framed:
             if status == 204:
-                self._no_content()
+                self._no_content(status)
             self._eof_body = False
         else:
             self._eof_body = status != 204 and status != 304 and not self._head_request
@@ -331,13 +331,13 @@ class H1Client(asyncio.Protocol):
         if self._head_request:
             self._complete()
 
-    def _no_content(self) -> None:
+    def _no_content(self, status: int) -> None:
         """A 204 or a 1xx has no body and no length (RFC 9110 §8.6, §15.2, §15.3.5):
         `content-length: 0` is dropped; a length or a Transfer-Encoding that says otherwise is a
         protocol error (Envoy)."""
         for k, v in self._headers:
             if k == "transfer-encoding" or (k == "content-length" and int(v) != 0):
-                raise Refuse(502, f"204 response with {k}: {v[:64]}")
+                raise Refuse(502, f"{status} response with {k}: {v[:64]}")
         self._headers = [h for h in self._headers if h[0] != "content-length"]
 
     def on_body(self, body: bytes) -> None:
