@@ -32,7 +32,7 @@ SERVER_NAME = 0
 MAX_RECORD = 1 << 14
 MAX_HELLO = 1 << 15         # 32 KiB: far above real hellos (a few KiB), bounded
 MAX_BUFFER = MAX_HELLO + 1024   # a hello cut into tiny records must not make the caller hold more
-_LABEL = re.compile(r"^[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?$")
+_LABEL = re.compile(r"[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?")
 
 
 @dataclass(frozen=True)
@@ -201,6 +201,8 @@ def _host_name(data: bytes) -> str:
         text = host.decode("ascii").lower()
     except UnicodeDecodeError:
         raise _Bad("server name is not ASCII") from None
-    if not text or len(text) > 253 or not all(_LABEL.match(label) for label in text.split(".")):
+    # fullmatch: `$` (re.match) also matches before a final "\n", which let "a\n.example.com" through, a
+    # name a `*.example.com` route took and the refusal log printed as two lines
+    if not text or len(text) > 253 or not all(_LABEL.fullmatch(label) for label in text.split(".")):
         raise _Bad(f"server name {text[:64]!r} is not a DNS host name")
     return text

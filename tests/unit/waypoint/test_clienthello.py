@@ -171,3 +171,12 @@ def test_a_server_name_list_with_two_host_names_is_malformed() -> None:
         _bump(body, pos, 2, len(second))
     v = parse(bytes(body))
     assert isinstance(v, Malformed) and "more than one host_name" in v.reason, v
+
+
+@pytest.mark.parametrize("bad", [b"pass.example.com\n", b"pass\n.example.com", b"0\n"])
+def test_a_server_name_with_a_newline_after_a_label_is_malformed(bad: bytes) -> None:
+    """Regression (found by test_clienthello_fuzz.py): labels were checked with `re.match` and a
+    pattern ending in `$`, which also matches before a final newline; "pass\\n.example.com" came back
+    as the name, one a `*.example.com` TLSRoute took and the refusal log printed as two lines."""
+    v = parse(_with_sni_bytes(client_hello("pass.example.com"), b"pass.example.com", bad))
+    assert isinstance(v, Malformed) and "is not a DNS host name" in v.reason, v
