@@ -111,8 +111,6 @@ class HelloReader:
         the hello (what follows is not ours to read)."""
         buf = self._pending
         buf += data
-        if buf and buf[0] != HANDSHAKE:
-            raise _Bad(f"record type {buf[0]}, not a TLS handshake")
         pos = 0
         while len(buf) - pos >= 5 and not self._complete():
             ctype, major, length = buf[pos], buf[pos + 1], int.from_bytes(buf[pos + 3:pos + 5], "big")
@@ -126,6 +124,11 @@ class HelloReader:
                 break
             self._hs += buf[pos + 5:pos + 5 + length]
             pos += 5 + length
+        # the start of the next record, however short: its type is known as soon as its first byte
+        # is (checked here, not when the next read adds to it, the verdict was NeedMore or Malformed
+        # depending on where the client's reads were cut)
+        if pos < len(buf) and not self._complete() and buf[pos] != HANDSHAKE:
+            raise _Bad(f"record type {buf[pos]}, not a TLS handshake")
         if pos:
             del buf[:pos]
 
