@@ -80,14 +80,18 @@ def _from_dict(cls: Any, d: Any) -> Any:
         return d
     plan = _plan(cls)
     kwargs = {}
-    for name, klass, many in plan:
+    for name, klass, many, spec in plan:
         if name not in d:
             continue
         v = d[name]
+        if spec is not None and type(v) not in spec[0] and not (v is None and spec[2]):
+            _wrong_type(cls, name, spec, v)
         if klass is None:
+            if spec is not None and spec[1] is not None and v:
+                _check_items(cls, name, spec, v)
             kwargs[name] = v if type(v) in _ATOM_TYPES and type(v) is not str else _share(v)
         elif many:
-            kwargs[name] = [_from_dict(klass, x) for x in v]
+            kwargs[name] = [_from_dict(klass, _an_object(cls, name, x)) for x in v]
         else:
             kwargs[name] = None if v is None else _from_dict(klass, v)
     if len(d) > len(kwargs):
@@ -95,14 +99,77 @@ def _from_dict(cls: Any, d: Any) -> Any:
     return cls(**kwargs)
 
 
-_PLANS: dict[type, tuple[tuple[str, Any, bool], ...]] = {}
+# What a field's JSON value may be, by its annotation: (the types of the value, of its items (a
+# dict's values) or None for unchecked, whether null is allowed). A body that does not fit is a
+# DecodeError naming the field (the client NACKs it), not a string where a list of ports goes that
+# ztunnel then iterates character by character, or an int compared with a str in an index.
+_JSON_TYPES: dict[str, tuple[frozenset[type], frozenset[type] | None]] = {
+    "str": (frozenset({str}), None),
+    "int": (frozenset({int}), None),
+    "float": (frozenset({int, float}), None),
+    "bool": (frozenset({bool}), None),
+    "list[str]": (frozenset({list}), frozenset({str})),
+    "list[int]": (frozenset({list}), frozenset({int})),
+    "dict[str, str]": (frozenset({dict}), frozenset({str})),
+    "dict[str, list[str]]": (frozenset({dict}), frozenset({list})),
+    "dict[str, list[int]]": (frozenset({dict}), frozenset({list})),
+    "list[dict[str, str]]": (frozenset({list}), frozenset({dict})),
+    "list[dict[str, Any]]": (frozenset({list}), frozenset({dict})),
+    "list[list[str]]": (frozenset({list}), frozenset({list})),
+    "list[list[Any]]": (frozenset({list}), frozenset({list})),
+    "dict[str, Any]": (frozenset({dict}), None),
+    "dict[str, dict[str, Any]]": (frozenset({dict}), frozenset({dict})),
+    "dict[int, str]": (frozenset({dict}), frozenset({str})),
+}
+Spec = tuple[frozenset[type], frozenset[type] | None, bool, str]
+
+
+def _spec_of(tp: str, klass: Any, many: bool) -> Spec | None:
+    optional = tp.endswith(" | None")
+    base = tp[:-len(" | None")] if optional else tp
+    if klass is not None:
+        return (frozenset({list}), None, False, tp) if many else (frozenset({dict}), None, optional, tp)
+    known = _JSON_TYPES.get(base)
+    return None if known is None else (known[0], known[1], optional, tp)
+
+
+def _wrong_type(cls: Any, name: str, spec: Spec, v: Any) -> None:
+    shown = repr(v)
+    raise TypeError(f"{cls.__name__}.{name}: expected {spec[3]}, got {type(v).__name__} "
+                    f"{shown[:60]}{'...' if len(shown) > 60 else ''}")
+
+
+def _check_items(cls: Any, name: str, spec: Spec, v: Any) -> None:
+    items, inner = (v.values() if type(v) is dict else v), spec[1]
+    for x in items:
+        if type(x) not in inner:       # type: ignore[operator]
+            _wrong_type(cls, f"{name}[...]", (inner, None, False, spec[3]), x)   # type: ignore[arg-type]
+        if type(x) is list and spec[3] in ("dict[str, list[int]]", "dict[str, list[str]]", "list[list[str]]"):
+            want = int if spec[3] == "dict[str, list[int]]" else str
+            if any(type(y) is not want for y in x):
+                raise TypeError(f"{cls.__name__}.{name}: expected {spec[3]}, got an item {shown_list(x)}")
+
+
+def shown_list(x: list[Any]) -> str:
+    s = repr(x)
+    return s[:60] + ("..." if len(s) > 60 else "")
+
+
+def _an_object(cls: Any, name: str, x: Any) -> Any:
+    if type(x) is not dict:
+        shown = repr(x)
+        raise TypeError(f"{cls.__name__}.{name}: expected a list of objects, got an item {shown[:60]}")
+    return x
+
+
+_PLANS: dict[type, tuple[tuple[str, Any, bool, Spec | None], ...]] = {}
 _PLAN_NAMES: dict[type, frozenset[str]] = {}
 
 
-def _plan(cls: Any) -> tuple[tuple[str, Any, bool], ...]:
-    """Per field of `cls`: (name, the model class it holds or None, whether a list of them); made
-    once per class, since a decode of 10,000 workloads would otherwise match every field's type
-    against every nested class's name again for each one."""
+def _plan(cls: Any) -> tuple[tuple[str, Any, bool, Spec | None], ...]:
+    """Per field of `cls`: (name, the model class it holds or None, whether a list of them, what its
+    JSON value may be); made once per class, since a decode of 10,000 workloads would otherwise
+    match every field's type against every nested class's name again for each one."""
     plan = _PLANS.get(cls)
     if plan is None:
         out = []
@@ -116,8 +183,8 @@ def _plan(cls: Any) -> tuple[tuple[str, Any, bool], ...]:
                 if tp_s in (name, f"{name} | None"):
                     klass = k
                     break
-            out.append((f.name, klass, many))
-        _PLAN_NAMES[cls] = frozenset(n for n, _, _ in out)
+            out.append((f.name, klass, many, _spec_of(tp_s, klass, many)))
+        _PLAN_NAMES[cls] = frozenset(n for n, _, _, _ in out)
         plan = _PLANS[cls] = tuple(out)
     return plan
 
@@ -1074,9 +1141,16 @@ _NESTED: dict[str, Any] = {
 }
 
 
-def _rule_from_dict(d: dict[str, Any]) -> Rule:
-    r = Rule(clauses=[[_from_dict(Match, m) for m in clause] for clause in d.get("clauses", [])],
-             has_l7=bool(d.get("has_l7", False)))
+def _rule_from_dict(d: Any) -> Rule:
+    if type(d) is not dict:
+        raise TypeError(f"Rule: expected an object, got {type(d).__name__}")
+    clauses = d.get("clauses", [])
+    if type(clauses) is not list or any(type(c) is not list for c in clauses):
+        raise TypeError(f"Rule.clauses: expected list[list[Match]], got {shown_list(clauses)}")
+    if type(d.get("has_l7", False)) is not bool:
+        raise TypeError(f"Rule.has_l7: expected bool, got {d['has_l7']!r:.60}")
+    r = Rule(clauses=[[_from_dict(Match, _an_object(Rule, "clauses", m)) for m in clause] for clause in clauses],
+             has_l7=d.get("has_l7", False))
     if any(k not in ("clauses", "has_l7") for k in d):
         _unknown_fields(Rule, d, {"clauses": None, "has_l7": None}, {})
     return r
@@ -1084,6 +1158,9 @@ def _rule_from_dict(d: dict[str, Any]) -> Rule:
 
 def _authz_from_dict(cls: Any, d: dict[str, Any]) -> Authorization:
     a = _from_dict(cls, {k: v for k, v in d.items() if k not in ("rules", "http_rules")})
+    for name in ("rules", "http_rules"):
+        if type(d.get(name, [])) is not list:
+            raise TypeError(f"Authorization.{name}: expected list[Rule], got {shown_list(d[name])}")
     a.rules = [_rule_from_dict(r) for r in d.get("rules", [])]
     a.http_rules = [_rule_from_dict(r) for r in d.get("http_rules", [])]
     return a
@@ -1094,7 +1171,13 @@ Authorization.from_dict = classmethod(_authz_from_dict)  # type: ignore[assignme
 
 def _pa_from_dict(cls: Any, d: dict[str, Any]) -> PeerAuthn:
     p = _from_dict(cls, d)
-    p.port_modes = {int(k): v for k, v in (d.get("port_modes") or {}).items()}
+    modes = {}
+    for k, v in (d.get("port_modes") or {}).items():
+        port = int(k) if type(k) is str and k.isdigit() and k.isascii() else -1
+        if not 0 < port < 65536:
+            raise ValueError(f"PeerAuthn.port_modes: {k!r} is not a TCP port")
+        modes[port] = v
+    p.port_modes = modes
     return p
 
 

@@ -32,7 +32,7 @@ SERVER_NAME = 0
 MAX_RECORD = 1 << 14
 MAX_HELLO = 1 << 15         # 32 KiB: far above real hellos (a few KiB), bounded
 MAX_BUFFER = MAX_HELLO + 1024   # a hello cut into tiny records must not make the caller hold more
-_LABEL = re.compile(r"^[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?$")
+_LABEL = re.compile(r"[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?")
 
 
 @dataclass(frozen=True)
@@ -111,8 +111,6 @@ class HelloReader:
         the hello (what follows is not ours to read)."""
         buf = self._pending
         buf += data
-        if buf and buf[0] != HANDSHAKE:
-            raise _Bad(f"record type {buf[0]}, not a TLS handshake")
         pos = 0
         while len(buf) - pos >= 5 and not self._complete():
             ctype, major, length = buf[pos], buf[pos + 1], int.from_bytes(buf[pos + 3:pos + 5], "big")
@@ -126,6 +124,11 @@ class HelloReader:
                 break
             self._hs += buf[pos + 5:pos + 5 + length]
             pos += 5 + length
+        # the start of the next record, however short: its type is known as soon as its first byte
+        # is (checked here, not when the next read adds to it, the verdict was NeedMore or Malformed
+        # depending on where the client's reads were cut)
+        if pos < len(buf) and not self._complete() and buf[pos] != HANDSHAKE:
+            raise _Bad(f"record type {buf[pos]}, not a TLS handshake")
         if pos:
             del buf[:pos]
 
@@ -201,6 +204,8 @@ def _host_name(data: bytes) -> str:
         text = host.decode("ascii").lower()
     except UnicodeDecodeError:
         raise _Bad("server name is not ASCII") from None
-    if not text or len(text) > 253 or not all(_LABEL.match(label) for label in text.split(".")):
+    # fullmatch: `$` (re.match) also matches before a final "\n", which let "a\n.example.com" through, a
+    # name a `*.example.com` route took and the refusal log printed as two lines
+    if not text or len(text) > 253 or not all(_LABEL.fullmatch(label) for label in text.split(".")):
         raise _Bad(f"server name {text[:64]!r} is not a DNS host name")
     return text

@@ -14,7 +14,7 @@ import ipaddress
 from dataclasses import dataclass, field
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -280,17 +280,7 @@ class CertificateAuthority:
         ttl = self.default_ttl if ttl is None or ttl <= dt.timedelta(0) else ttl
         if ttl > self.max_ttl:
             raise CSRRejected(requested_identity, f"requested TTL {ttl} exceeds the maximum {self.max_ttl}")
-        if isinstance(csr_pem, str):
-            csr_pem = csr_pem.encode()
-        try:
-            csr = x509.load_pem_x509_csr(csr_pem)
-        except ValueError as e:
-            raise CSRRejected(requested_identity, f"malformed CSR ({e})") from None
-        if not csr.is_signature_valid:
-            raise CSRRejected(requested_identity, "CSR signature does not verify")
-        pub = csr.public_key()
-        if not isinstance(pub, ec.EllipticCurvePublicKey) or not isinstance(pub.curve, ec.SECP256R1):
-            raise CSRRejected(requested_identity, f"key must be ECDSA P-256, got {_describe_key(pub)}")
+        csr, pub = _load_csr(csr_pem, requested_identity)
         self._check_csr_names(csr, requested_identity)
         return self._issue_leaf(pub, spiffe, ttl, now or _now())
 
@@ -300,6 +290,10 @@ class CertificateAuthority:
             san = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         except x509.ExtensionNotFound:
             return  # the identity comes from the (authorized) request, not the CSR
+        except (ValueError, x509.DuplicateExtension, x509.UnsupportedGeneralNameType) as e:
+            # parsed lazily, here: a SAN that is no DER (or a URI that is not IA5), an extension
+            # twice, an x400Address name, an attribute with two values
+            raise CSRRejected(requested, f"malformed CSR extensions ({e})") from None
         names = list(san)
         others = [n for n in names if not (isinstance(n, x509.UniformResourceIdentifier) and n.value == requested)]
         if others:
@@ -410,6 +404,33 @@ class CertificateAuthority:
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         ).decode()
         return chain, key_pem
+
+
+def _load_csr(csr_pem: bytes | str, requested: str) -> tuple[x509.CertificateSigningRequest, ec.EllipticCurvePublicKey]:
+    """The CSR and its P-256 key, or `CSRRejected`. cryptography parses a CSR's parts lazily and
+    raises more than ValueError on bad ones (InvalidVersion, UnsupportedAlgorithm for a key type it
+    does not know); each becomes a refusal naming the part, never an exception the gRPC service
+    answers as an internal error. The key's type is checked before the signature, so no signature
+    of an algorithm the CA would refuse anyway is ever verified."""
+    try:
+        csr = x509.load_pem_x509_csr(csr_pem.encode() if isinstance(csr_pem, str) else csr_pem)
+    except (ValueError, x509.InvalidVersion) as e:     # UnicodeEncodeError (a lone surrogate) too
+        raise CSRRejected(requested, f"malformed CSR ({e})") from None
+    try:
+        pub = csr.public_key()
+    except UnsupportedAlgorithm as e:
+        raise CSRRejected(requested, f"key must be ECDSA P-256, got an unsupported key ({e})") from None
+    except ValueError as e:
+        raise CSRRejected(requested, f"malformed CSR public key ({e})") from None
+    if not isinstance(pub, ec.EllipticCurvePublicKey) or not isinstance(pub.curve, ec.SECP256R1):
+        raise CSRRejected(requested, f"key must be ECDSA P-256, got {_describe_key(pub)}")
+    try:
+        valid = csr.is_signature_valid
+    except (ValueError, UnsupportedAlgorithm):
+        valid = False
+    if not valid:
+        raise CSRRejected(requested, "CSR signature does not verify")
+    return csr, pub
 
 
 def _ski_of(cert: x509.Certificate) -> x509.SubjectKeyIdentifier:

@@ -157,6 +157,13 @@ def relay_reply(sent: dns.message.Message, reply_wire: bytes, client: Query, max
         raise ValueError(f"unreadable reply: {e}") from None
     if not sent.is_response(r):
         raise ValueError("not the reply to the query sent")
+    if not r.question:
+        # an error without its question (is_response allows it for FORMERR, SERVFAIL, NOTIMP and
+        # REFUSED): the client gets that rcode for its own question, and none of the reply's records
+        return error_reply(client.message, r.rcode(), max_size)
+    if len(r.question) != len(sent.question):
+        # is_response compares the questions as sets: the one asked, twice, passed
+        raise ValueError(f"the reply has {len(r.question)} questions, not the one sent")
     r.id = client.message.id
     return r.to_wire(max_size=max_size, prefer_truncation=True)
 

@@ -9,8 +9,9 @@ import pytest
 
 from ambit.configclient import Backoff, DecodeError, Encoded, NodeInfo, encode
 from ambit.configclient import cache as cfgcache
+from ambit.configclient.codec import content_version
 from ambit.configclient.state import TypeState
-from ambit.model import PeerAuthn, Workload
+from ambit.model import Authorization, Endpoint, PeerAuthn, Service, ServicePort, Workload
 
 from .helpers import peerauthn, workload
 
@@ -51,7 +52,6 @@ def test_bad_resources_are_rejected_with_their_name(entry, message):
 
 
 def test_body_that_is_not_json_is_rejected_naming_type_and_resource():
-    from ambit.configclient.codec import content_version
     body = b"not json"
     with pytest.raises(DecodeError, match=r"ambit.io/Workload 'a': body is not JSON"):
         TypeState(Workload.TYPE).stage("v1", [Encoded("a", content_version(body), body)], [])
@@ -164,3 +164,65 @@ def test_an_updates_state_is_the_committed_state_and_later_deltas_leave_it_as_it
     ts.commit(second)
     assert sorted(kept) == ["a", "b"] and sorted(second.update.state) == ["b", "c"]
     assert gc.get_referents(second.update.state)[0] is ts.resources
+
+
+# --- bodies whose values do not fit the model (found by test_configclient_fuzz.py) ------------------
+
+def _service_body(**changes) -> dict:
+    s = Service(name="s", namespace="demo", hostname="s.demo.svc.cluster.local", vips=["10.96.0.1"],
+                ports=[ServicePort(80, 8080, "http")], endpoints=[Endpoint("uid-1", "10.0.0.1", "node1")])
+    d = json.loads(encode(s).body)
+    for path, value in changes.items():
+        target = d
+        *parents, last = path.split(".")
+        for k in parents:
+            target = target[int(k)] if isinstance(target, list) else target[k]
+        target[int(last) if isinstance(target, list) else last] = value
+    return d
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    # a string where a list of objects goes: iterated character by character, ztunnel's index then
+    # raised AttributeError ('str' object has no attribute 'port'), naming no resource
+    ({"endpoints.0.ports": "uid-1"}, "Endpoint.ports: expected list[ServicePort], got str"),
+    ({"ports": ["http"]}, "Service.ports: expected a list of objects, got an item 'http'"),
+    # an int that is no int: compared with 0 in ztunnel's index (TypeError), or kept as a port
+    ({"ports.0.port": "80"}, "ServicePort.port: expected int, got str '80'"),
+    ({"ports.0.target_port": {}}, "ServicePort.target_port: expected int, got dict"),
+    ({"ports.0.port": True}, "ServicePort.port: expected int, got bool"),
+    ({"vips": "10.96.0.1"}, "Service.vips: expected list[str], got str"),
+    ({"vips": [1]}, "Service.vips[...]: expected list[str], got int"),
+    ({"endpoints.0.ready": None}, "Endpoint.ready: expected bool, got NoneType"),
+])
+def test_a_value_of_the_wrong_type_is_rejected_naming_the_resource_and_field(changes, message):
+    ts = TypeState(Service.TYPE)
+    body = json.dumps(_service_body(**changes)).encode()
+    with pytest.raises(DecodeError) as ei:
+        ts.stage("v1", [Encoded("demo/s", content_version(body), body)], [])
+    assert "ambit.io/Service 'demo/s'" in str(ei.value) and message in str(ei.value), str(ei.value)
+    assert ts.resources == {}
+
+
+@pytest.mark.parametrize(("rules", "message"), [
+    ([{"clauses": ["ab"]}], "Rule.clauses: expected list[list[Match]]"),
+    ([{"clauses": [["ab"]]}], "Rule.clauses: expected a list of objects, got an item 'ab'"),
+    ("x", "Authorization.rules: expected list[Rule]"),
+    ([{"clauses": [], "has_l7": "no"}], "Rule.has_l7: expected bool"),
+])
+def test_an_authorization_rule_that_is_no_rule_is_rejected(rules, message):
+    body = json.loads(encode(Authorization(name="a", namespace="demo", action="ALLOW")).body)
+    body["rules"] = rules
+    raw = json.dumps(body).encode()
+    with pytest.raises(DecodeError, match="ambit.io/Authorization 'demo/a'") as ei:
+        TypeState(Authorization.TYPE).stage("v1", [Encoded("demo/a", content_version(raw), raw)], [])
+    assert message in str(ei.value), str(ei.value)
+
+
+@pytest.mark.parametrize("port", [" 80", "-5", "+80", "70000", "0", "eighty", "８０"])
+def test_a_peerauthn_port_mode_for_no_tcp_port_is_rejected(port):
+    """int(k) took " 80", "-5", "+80" and "70000" (and full-width digits) as ports."""
+    body = json.loads(encode(peerauthn("p")).body)
+    body["port_modes"] = {port: "STRICT"}
+    raw = json.dumps(body).encode()
+    with pytest.raises(DecodeError, match="is not a TCP port"):
+        TypeState(PeerAuthn.TYPE).stage("v1", [Encoded("default/p", content_version(raw), raw)], [])

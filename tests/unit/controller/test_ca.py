@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime as dt
 import logging
 import os
@@ -454,5 +455,70 @@ def test_a_csr_with_thousands_of_names_is_refused_with_a_reason_the_client_recei
                                           "DNSName:host2.example.com, DNSName:host3.example.com, "
                                           "DNSName:host4.example.com (and 1995 more)")
             assert (await h.call("node-1", h.token["node-1"], ID)).cert_chain   # and it still serves
+
+    asyncio.run(run())
+
+
+# --- CSRs that cryptography parses only in part (found by tests/unit/controller/test_ca_fuzz.py) ------
+
+def _tlv(tag: int, value: bytes) -> bytes:
+    n = len(value)
+    size = bytes([n]) if n < 128 else bytes([0x80 | ((n.bit_length() + 7) // 8)]) + n.to_bytes((n.bit_length() + 7) // 8, "big")
+    return bytes([tag]) + size + value
+
+
+def _resigned_csr(*, extensions: tuple[bytes, ...] | list[bytes] = (), spki: bytes | None = None, version: int = 0) -> bytes:
+    """A CSR assembled from DER parts and correctly signed, so only the part under test is wrong."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    spki = spki or key.public_key().public_bytes(serialization.Encoding.DER,
+                                                 serialization.PublicFormat.SubjectPublicKeyInfo)
+    ext_req = _tlv(0x06, bytes.fromhex("2a864886f70d01090e")) + _tlv(0x31, _tlv(0x30, b"".join(extensions)))
+    attrs = _tlv(0xA0, _tlv(0x30, ext_req) if extensions else b"")
+    tbs = _tlv(0x30, _tlv(0x02, bytes([version])) + _tlv(0x30, b"") + spki + attrs)
+    alg = _tlv(0x30, _tlv(0x06, bytes.fromhex("2a8648ce3d040302")))
+    der = _tlv(0x30, tbs + alg + _tlv(0x03, b"\x00" + key.sign(tbs, ec.ECDSA(hashes.SHA256()))))
+    return b"-----BEGIN CERTIFICATE REQUEST-----\n" + base64.encodebytes(der) + b"-----END CERTIFICATE REQUEST-----\n"
+
+
+def _ext(oid_hex: str, value: bytes) -> bytes:
+    return _tlv(0x30, _tlv(0x06, bytes.fromhex(oid_hex)) + _tlv(0x04, value))
+
+
+_SAN_OK = _ext("551d11", _tlv(0x30, _tlv(0x86, ID.encode())))
+_POINT = _tlv(0x03, b"\x00\x04" + b"\x01" * 64)
+
+
+@pytest.mark.parametrize(("csr", "reason"), [
+    # cryptography raised DuplicateExtension, ValueError, UnsupportedGeneralNameType, UnsupportedAlgorithm
+    # and InvalidVersion out of sign_csr: the servicer answered each as an internal error (UNKNOWN)
+    (lambda: _resigned_csr(extensions=[_SAN_OK, _SAN_OK]), "malformed CSR extensions (Duplicate 2.5.29.17"),
+    (lambda: _resigned_csr(extensions=[_ext("551d11", _tlv(0x30, _tlv(0x86, b"spiffe://\xff")))]),
+     "malformed CSR extensions (error parsing asn1 value"),
+    (lambda: _resigned_csr(extensions=[_ext("551d11", _tlv(0x30, _tlv(0xA3, b"")))]),
+     "malformed CSR extensions (x400Address/EDIPartyName are not supported"),
+    (lambda: _resigned_csr(extensions=[_ext("551d11", b"\x30\x05\x01")]), "malformed CSR extensions"),
+    (lambda: _resigned_csr(extensions=[_SAN_OK, _ext("551d13", b"\x01\x02")]), "malformed CSR extensions"),
+    (lambda: _resigned_csr(spki=_tlv(0x30, _tlv(0x30, _tlv(0x06, b"\x2a\x03\x04")) + _POINT)),
+     "key must be ECDSA P-256, got an unsupported key (Unknown key type: 1.2.3.4)"),
+    (lambda: _resigned_csr(spki=_tlv(0x30, _tlv(0x30, _tlv(0x06, bytes.fromhex("2a8648ce3d0201"))
+                                               + _tlv(0x06, bytes.fromhex("2a8648ce3d030107"))) + _POINT)),
+     "malformed CSR public key"),
+    (lambda: _resigned_csr(version=1), "malformed CSR (1 is not a valid CSR version)"),
+    (lambda: "-----BEGIN CERTIFICATE REQUEST-----\n\udcff", "malformed CSR"),
+])
+def test_a_csr_that_parses_only_in_part_is_refused_with_the_reason(ca, csr, reason) -> None:
+    with pytest.raises(CSRRejected) as ei:
+        ca.sign_csr(csr(), ID)
+    assert reason in ei.value.reason, ei.value.reason
+
+
+def test_a_csr_with_a_duplicated_extension_is_invalid_argument_not_an_internal_error(ca) -> None:
+    async def run() -> None:
+        async with _Harness(ca, {"node-1": [("demo", "client")]}) as h:
+            with pytest.raises(grpc.aio.AioRpcError) as ei:
+                await h.call("node-1", h.token["node-1"], ID, _resigned_csr(extensions=[_SAN_OK, _SAN_OK]))
+            assert ei.value.code() == grpc.StatusCode.INVALID_ARGUMENT, ei.value.details()
+            assert "Duplicate 2.5.29.17 extension" in ei.value.details()
+            assert h.servicer.refused == {"INVALID_ARGUMENT": 1}
 
     asyncio.run(run())

@@ -171,3 +171,26 @@ def test_a_server_name_list_with_two_host_names_is_malformed() -> None:
         _bump(body, pos, 2, len(second))
     v = parse(bytes(body))
     assert isinstance(v, Malformed) and "more than one host_name" in v.reason, v
+
+
+@pytest.mark.parametrize("bad", [b"pass.example.com\n", b"pass\n.example.com", b"0\n"])
+def test_a_server_name_with_a_newline_after_a_label_is_malformed(bad: bytes) -> None:
+    """Regression (found by test_clienthello_fuzz.py): labels were checked with `re.match` and a
+    pattern ending in `$`, which also matches before a final newline; "pass\\n.example.com" came back
+    as the name, one a `*.example.com` TLSRoute took and the refusal log printed as two lines."""
+    v = parse(_with_sni_bytes(client_hello("pass.example.com"), b"pass.example.com", bad))
+    assert isinstance(v, Malformed) and "is not a DNS host name" in v.reason, v
+
+
+def test_a_record_of_another_type_is_malformed_as_soon_as_its_first_byte_arrives_however_cut() -> None:
+    """Regression (found by test_clienthello_fuzz.py's long run): after a complete record of an
+    unfinished hello, the first bytes of a record of another type were only checked when the next
+    read came, so one read said NeedMore where the same bytes in two reads said Malformed."""
+    hello = records(client_hello("pass.example.com"), 100)
+    first = 5 + int.from_bytes(hello[3:5], "big")
+    data = hello[:first] + b"\x17\x03"          # a complete first record, then an application-data header
+    whole = parse(data)
+    r = HelloReader()
+    assert r.feed(hello[:first]) == NEED_MORE
+    cut = r.feed(b"\x17\x03")
+    assert isinstance(whole, Malformed) and isinstance(cut, Malformed) and "record type 23" in whole.reason, whole

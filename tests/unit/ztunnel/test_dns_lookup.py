@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import dns.flags
 import dns.message
+import dns.rcode
 import dns.rdatatype
+import dns.rrset
 import pytest
 
 from ambit.model import Endpoint, Service, ServicePort
 from ztunnel.dns import names
 from ztunnel.dns.lookup import Answer, Hosts, domain_labels, resolve
-from ztunnel.dns.wire import TCP_MAX, Query, answer_reply, parse
+from ztunnel.dns.wire import TCP_MAX, Query, answer_reply, parse, relay_reply, upstream_query
 
 A, AAAA = dns.rdatatype.A, dns.rdatatype.AAAA
 DOMAIN = domain_labels("cluster.local")
@@ -223,3 +225,35 @@ def test_large_answer_is_truncated_over_udp_only() -> None:
     assert not tcp.flags & dns.flags.TC and len(tcp.answer[0]) == 256
     big = _query("large.ns1.svc.cluster.local.", use_edns=0, payload=8192)   # an EDNS client takes it over UDP
     assert not dns.message.from_wire(answer_reply(big, ans, 30, big.udp_limit)).flags & dns.flags.TC
+
+
+# --- relaying an upstream's reply (found by tests/unit/ztunnel/test_dns_upstream_fuzz.py) --------------
+
+def _forwarded(name: str = "example.com.") -> tuple[Query, dns.message.Message]:
+    m = dns.message.make_query(name, "A")
+    m.id = 7
+    q = parse(m.to_wire())
+    return q, upstream_query(q, 0x4242)
+
+
+def test_an_upstream_reply_repeating_the_question_is_dropped() -> None:
+    """dnspython's is_response compares the question sections as sets: a reply with the question
+    twice passed and went to the pod as a two-question reply."""
+    q, sent = _forwarded()
+    r = dns.message.make_response(sent)
+    r.question = [r.question[0], r.question[0]]
+    with pytest.raises(ValueError, match="2 questions"):
+        relay_reply(sent, r.to_wire(), q, 512)
+
+
+def test_an_upstream_error_without_a_question_reaches_the_pod_as_that_error_without_records() -> None:
+    """An error may come without its question (is_response takes FORMERR, SERVFAIL, NOTIMP and
+    REFUSED so); its records went to the pod as they came, answers to no question it asked."""
+    q, sent = _forwarded()
+    r = dns.message.make_response(sent)
+    r.question = []
+    r.set_rcode(dns.rcode.REFUSED)
+    r.answer.append(dns.rrset.from_text("bank.example.", 3600, "IN", "A", "10.6.6.6"))
+    out = dns.message.from_wire(relay_reply(sent, r.to_wire(), q, 512))
+    assert out.id == 7 and out.rcode() == dns.rcode.REFUSED and out.flags & dns.flags.QR
+    assert [x.name.to_text() for x in out.question] == ["example.com."] and not out.answer
