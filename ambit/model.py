@@ -147,10 +147,10 @@ def _check_items(cls: Any, name: str, spec: Spec, v: Any) -> None:
         if type(x) is list and spec[3] in ("dict[str, list[int]]", "dict[str, list[str]]", "list[list[str]]"):
             want = int if spec[3] == "dict[str, list[int]]" else str
             if any(type(y) is not want for y in x):
-                raise TypeError(f"{cls.__name__}.{name}: expected {spec[3]}, got an item {shown_list(x)}")
+                raise TypeError(f"{cls.__name__}.{name}: expected {spec[3]}, got an item {_shown_list(x)}")
 
 
-def shown_list(x: list[Any]) -> str:
+def _shown_list(x: list[Any]) -> str:
     s = repr(x)
     return s[:60] + ("..." if len(s) > 60 else "")
 
@@ -1146,7 +1146,7 @@ def _rule_from_dict(d: Any) -> Rule:
         raise TypeError(f"Rule: expected an object, got {type(d).__name__}")
     clauses = d.get("clauses", [])
     if type(clauses) is not list or any(type(c) is not list for c in clauses):
-        raise TypeError(f"Rule.clauses: expected list[list[Match]], got {shown_list(clauses)}")
+        raise TypeError(f"Rule.clauses: expected list[list[Match]], got {_shown_list(clauses)}")
     if type(d.get("has_l7", False)) is not bool:
         raise TypeError(f"Rule.has_l7: expected bool, got {d['has_l7']!r:.60}")
     r = Rule(clauses=[[_from_dict(Match, _an_object(Rule, "clauses", m)) for m in clause] for clause in clauses],
@@ -1160,7 +1160,7 @@ def _authz_from_dict(cls: Any, d: dict[str, Any]) -> Authorization:
     a = _from_dict(cls, {k: v for k, v in d.items() if k not in ("rules", "http_rules")})
     for name in ("rules", "http_rules"):
         if type(d.get(name, [])) is not list:
-            raise TypeError(f"Authorization.{name}: expected list[Rule], got {shown_list(d[name])}")
+            raise TypeError(f"Authorization.{name}: expected list[Rule], got {_shown_list(d[name])}")
     a.rules = [_rule_from_dict(r) for r in d.get("rules", [])]
     a.http_rules = [_rule_from_dict(r) for r in d.get("http_rules", [])]
     return a
