@@ -4,7 +4,7 @@ these large objects passes through (the API server has already validated them in
 from __future__ import annotations
 
 from controller.kinds.common import IP, Labels, Port
-from controller.kinds.schema import Arr, Bool, Int, IntOrStr, Map, Obj, Str
+from controller.kinds.schema import Arr, Bool, Errors, Int, IntOrStr, Map, Obj, Str, join
 
 
 def _check_cluster_ip(text: str) -> str | None:
@@ -34,6 +34,24 @@ PodBody = Obj({
     }, open=True),
 }, open=True)
 
+def _unique_ports(spec: dict, path: str, errs: Errors) -> None:
+    """A port (and protocol) or a port name at most once, as the API server requires: two entries
+    for one TCP port would leave which target port it reaches to chance, and ztunnel refuses the
+    Service (every Service's update with it)."""
+    ports: dict[tuple[int, str], int] = {}
+    names: dict[str, int] = {}
+    for i, p in enumerate(spec.get("ports") or []):
+        where = f"{join(path, 'ports')}[{i}]"
+        key = (p["port"], p.get("protocol") or "TCP")
+        if key in ports:
+            errs.append((f"{where}.port", f"duplicate port {key[0]}/{key[1]} (also ports[{ports[key]}])"))
+        ports.setdefault(key, i)
+        name = p.get("name") or ""
+        if name and name in names:
+            errs.append((f"{where}.name", f'duplicate port name "{name}" (also ports[{names[name]}])'))
+        names.setdefault(name, i)
+
+
 ServiceBody = Obj({
     "spec": Obj({
         "type": Str(),
@@ -46,7 +64,7 @@ ServiceBody = Obj({
             "appProtocol": Str(), "nodePort": Int(minimum=0, maximum=65535),
         }, open=True, required=("port",))),
         "publishNotReadyAddresses": Bool(),
-    }, open=True),
+    }, open=True, checks=(_unique_ports,)),
 }, open=True)
 
 EndpointSliceBody = Obj({

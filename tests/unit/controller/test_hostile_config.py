@@ -250,3 +250,20 @@ def test_an_object_whose_kind_is_a_list_or_map_is_ignored_and_the_rest_translate
     t = translate([*world(), obj])
     assert t.errors == []
     assert any(s.name == "reviews" for s in t.services)
+
+
+def test_a_service_port_listed_twice_is_refused_as_the_api_server_refuses_it() -> None:
+    """Found by test_config_fuzz.py: two entries for TCP port 9080 passed validation, and ztunnel
+    NACKed the translated Service ("ports[1].port: 9080 appears twice"), keeping every Service's
+    previous state. The API server refuses a duplicate port (and protocol) or port name."""
+    svc = service("ratings", {"app": "reviews"}, [{"name": "http", "port": 9080}, {"name": "http2", "port": 9080},
+                                                  {"name": "http", "port": 9081}], cluster_ip="10.96.0.11")
+    assert [(e.path, e.reason) for e in validate_object(svc)] == [
+        ("spec.ports[1].port", "duplicate port 9080/TCP (also ports[0])"),
+        ("spec.ports[2].name", 'duplicate port name "http" (also ports[0])')]
+    t = translate([*world(), svc])
+    assert [e.ref for e in t.errors] == ["Service/demo/ratings", "Service/demo/ratings"]
+    # one port for TCP and one for UDP (kube-dns) is two ports
+    dns = service("dns", {"app": "reviews"}, [{"name": "dns", "port": 53, "protocol": "UDP"},
+                                              {"name": "dns-tcp", "port": 53}], cluster_ip="10.96.0.12")
+    assert validate_object(dns) == []
