@@ -3,6 +3,8 @@ these large objects passes through (the API server has already validated them in
 
 from __future__ import annotations
 
+import ipaddress
+
 from controller.kinds.common import IP, Labels, Port
 from controller.kinds.schema import Arr, Bool, Errors, Int, IntOrStr, Map, Obj, Str, join
 
@@ -19,6 +21,19 @@ ClusterIP = Str(valid=_check_cluster_ip)
 ContainerPort = Obj({"name": Str(), "containerPort": Port, "protocol": Str(enum=("TCP", "UDP", "SCTP"))},
                     open=True, required=("containerPort",))
 
+def _unique_pod_ips(status: dict, path: str, errs: Errors) -> None:
+    """Each address once in `podIPs`, as the API server requires: a pod listing one twice claimed
+    that address twice, and ztunnel refused every Workload's update with it."""
+    seen: dict[ipaddress.IPv4Address | ipaddress.IPv6Address, int] = {}
+    for i, p in enumerate(status.get("podIPs") or []):
+        if not p.get("ip"):
+            continue
+        ip = ipaddress.ip_address(p["ip"])      # "::1" and "0::1" are one address
+        if ip in seen:
+            errs.append((f"{join(path, 'podIPs')}[{i}].ip", f"duplicate address {p['ip']} (also podIPs[{seen[ip]}])"))
+        seen.setdefault(ip, i)
+
+
 PodBody = Obj({
     "spec": Obj({
         "nodeName": Str(),
@@ -31,7 +46,7 @@ PodBody = Obj({
         "podIP": IP,
         "podIPs": Arr(Obj({"ip": IP}, open=True)),
         "conditions": Arr(Obj({"type": Str(), "status": Str()}, open=True)),
-    }, open=True),
+    }, open=True, checks=(_unique_pod_ips,)),
 }, open=True)
 
 def _unique_ports(spec: dict, path: str, errs: Errors) -> None:

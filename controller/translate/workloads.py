@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -28,7 +29,7 @@ from controller.translate.index import (
 )
 from controller.translate.memo import REMADE, REUSED, TRANSLATED, PodFacts, TranslationMemo, WorkloadEntry
 from controller.translate.waypoints import workload_waypoint
-from controller.validation import object_ref
+from controller.validation import FieldError, object_ref
 
 Obj = dict[str, Any]
 
@@ -352,3 +353,36 @@ def translate_workloads(idx: Index, services: list[Service], trust_domain: str,
     except Exception as e:  # noqa: BLE001 - re-raised, with the pod named (as `blame`)
         raise TranslationBug(object_ref(pod), e) from e
     return out
+
+
+def drop_conflicts(workloads: list[Workload], errors: list[FieldError]) -> list[Workload]:
+    """`workloads` (oldest pod first, as translated) without the later of two that the data plane
+    could not tell apart, each reported in `errors`: two pods of one uid (a Workload's name: the
+    config server refuses a snapshot holding a name twice, so no change anywhere in the mesh
+    would be served), and two mesh (HBONE) pods of one address (ztunnel refuses the update: which
+    identity answers for it?). The older keeps what it has: a pod written later cannot take
+    another's identity by claiming its uid or address. Plain TCP workloads may share an address
+    (host-network pods share their node's)."""
+    by_uid: dict[str, Workload] = {}
+    by_ip: dict[str, Workload] = {}
+    out = []
+    for w in workloads:
+        ref = f"Pod/{w.namespace}/{w.name}"
+        holder = by_uid.get(w.uid)
+        if holder is not None:
+            errors.append(FieldError(ref, "metadata.uid", f'"{w.uid}" is already the uid of Pod {holder.namespace}/'
+                                                          f"{holder.name}: this pod is not applied"))
+            continue
+        ips = [str(ipaddress.ip_address(ip)) for ip in w.ips] if w.protocol == "HBONE" else []
+        taken = [(ip, by_ip[ip]) for ip in ips if ip in by_ip]
+        if taken:
+            ip, other = taken[0]
+            errors.append(FieldError(ref, "status.podIPs", f"{ip} is already the address of mesh Pod {other.namespace}/"
+                                                           f"{other.name}: inbound traffic to it would have two "
+                                                           "identities, so this pod is not applied"))
+            continue
+        by_uid[w.uid] = w
+        by_ip.update((ip, w) for ip in ips)
+        out.append(w)
+    return out
+

@@ -267,3 +267,16 @@ def test_a_service_port_listed_twice_is_refused_as_the_api_server_refuses_it() -
     dns = service("dns", {"app": "reviews"}, [{"name": "dns", "port": 53, "protocol": "UDP"},
                                               {"name": "dns-tcp", "port": 53}], cluster_ip="10.96.0.12")
     assert validate_object(dns) == []
+
+
+def test_a_pod_listing_one_address_twice_is_refused_as_the_api_server_refuses_it() -> None:
+    """Found by test_config_fuzz.py: `podIPs` naming one address twice (also written two ways, as
+    IPv6 can be) passed, and ztunnel refused every Workload update, the pod claiming its own
+    address twice."""
+    p = pod("reviews-2", "10.244.1.11")
+    p["status"]["podIPs"] = [{"ip": "fd00::1"}, {"ip": "fd00:0::1"}]
+    assert [(e.path, e.reason) for e in validate_object(p)] == [
+        ("status.podIPs[1].ip", "duplicate address fd00:0::1 (also podIPs[0])")]
+    p["status"]["podIPs"] = [{"ip": "10.244.1.11"}, {"ip": "fd00::1"}]     # dual stack
+    assert validate_object(p) == []
+
