@@ -280,3 +280,24 @@ def test_a_pod_listing_one_address_twice_is_refused_as_the_api_server_refuses_it
     p["status"]["podIPs"] = [{"ip": "10.244.1.11"}, {"ip": "fd00::1"}]     # dual stack
     assert validate_object(p) == []
 
+
+def test_a_cluster_scoped_objects_namespace_must_still_be_a_string() -> None:
+    """Found by test_config_fuzz.py: a Namespace's `metadata.namespace` was not looked at (a
+    cluster-scoped kind has none), and a map there failed the whole translation (TypeError sorting
+    the Namespaces by namespace and name). A string is accepted, as the API server clears it."""
+    n = ns("team")
+    n["metadata"]["namespace"] = {"a": 1}
+    assert errors(n) == ['Namespace/team: metadata.namespace: must be a string, got {"a": 1}']
+    t = translate([*world(), n])
+    assert [e.ref for e in t.errors] == ["Namespace/team"] and any(s.name == "reviews" for s in t.services)
+    n["metadata"]["namespace"] = "ignored"
+    assert errors(n) == []
+
+
+def test_a_field_named_by_the_empty_string_is_named_in_the_path() -> None:
+    """Found by test_config_fuzz.py: an unknown field "" printed as `HTTPRoute/demo/r: unknown
+    field`, with no path at all (at the top) or a dangling `spec.` inside."""
+    obj = route(type="PathPrefix", value="/")
+    obj[""] = 1
+    obj["spec"][""] = 2
+    assert errors(obj) == ['HTTPRoute/demo/r: spec[""]: unknown field', 'HTTPRoute/demo/r: [""]: unknown field']
