@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 
-from controller.kinds.common import IP, Labels, Port
+from controller.kinds.common import IP, Labels, Name, Port
 from controller.kinds.schema import Arr, Bool, Errors, Int, IntOrStr, Map, Obj, Str, join
 
 
@@ -37,7 +37,9 @@ def _unique_pod_ips(status: dict, path: str, errs: Errors) -> None:
 PodBody = Obj({
     "spec": Obj({
         "nodeName": Str(),
-        "serviceAccountName": Str(),
+        # the pod's identity (spiffe://.../sa/NAME): a name the API server would take, or the
+        # Workload's certificate could not be issued and ztunnel refused every Workload update
+        "serviceAccountName": Name, "serviceAccount": Name,
         "hostNetwork": Bool(),
         "containers": Arr(Obj({"name": Str(), "ports": Arr(ContainerPort)}, open=True)),
     }, open=True),

@@ -301,3 +301,15 @@ def test_a_field_named_by_the_empty_string_is_named_in_the_path() -> None:
     obj[""] = 1
     obj["spec"][""] = 2
     assert errors(obj) == ['HTTPRoute/demo/r: spec[""]: unknown field', 'HTTPRoute/demo/r: [""]: unknown field']
+
+
+@pytest.mark.parametrize("field", ["serviceAccountName", "serviceAccount"])
+def test_a_pod_service_account_that_is_no_name_is_refused(field: str) -> None:
+    """Found by test_config_fuzz.py: `serviceAccountName: "*.*"` passed, made the identity
+    spiffe://cluster.local/ns/demo/sa/*.*, and ztunnel refused every Workload update with it."""
+    p = pod("reviews-2", "10.244.1.11")
+    p["spec"][field] = "*.*"
+    (e,) = validate_object(p)
+    assert e.path == f"spec.{field}" and "RFC 1123" in e.reason
+    p["spec"][field] = "reviews.v2"
+    assert validate_object(p) == []
