@@ -413,7 +413,20 @@ values = st.recursive(scalars, lambda inner: st.one_of(
     st.lists(inner, max_size=3), st.dictionaries(st.sampled_from(ODD_STRINGS[:40]) | st.text(max_size=8), inner,
                                                  max_size=3)), max_leaves=6)
 UNKNOWN_KEYS = ["subnet", "x", "", "spec", "name", "$ref", "a" * 300, "ports", "weight", "Name", "matchLabels"]
-OPS = ("replace", "replace", "replace", "delete", "add_key", "dup_item", "empty", "swap")
+OPS = ("replace", "replace", "odd", "odd", "delete", "add_key", "dup_item", "empty", "swap")
+
+
+def odd_like(value: Any) -> list[Any]:
+    """Odd values of `value`'s own type: what passes a type check and must still be judged."""
+    if isinstance(value, bool):
+        return [not value]
+    if isinstance(value, int):
+        return ODD_INTS
+    if isinstance(value, float):
+        return ODD_FLOATS
+    if isinstance(value, str):
+        return [*ODD_STRINGS, value.upper(), value + value, value[:1], " " + value, value + "\n", value + "*"]
+    return [[], {}]
 
 
 class Drawn(Chooser):
@@ -473,7 +486,10 @@ def mutate(obj: Obj, c: Chooser) -> Any:
     out = copy.deepcopy(obj)
     ps = list(paths(out))
     op = c.pick(list(OPS))
-    if op == "replace" or not ps:
+    if op == "odd" and ps:
+        path = c.pick(ps)
+        put(out, path, c.pick(odd_like(get(out, path))))
+    elif op == "replace" or not ps:
         path = c.pick(ps) if ps else ()
         new = c.value(unlike=get(out, path))
         if not path:
