@@ -25,7 +25,7 @@ And the admission webhook answers any AdmissionReview body (allowed, or denied w
 400 for a body that is no AdmissionReview), never with an exception.
 
 Three budgets, as tests/unit/dataplane/test_hbone_fuzz.py:
-- the unit suite: a few dozen examples each (seconds);
+- the unit suite: a hundred examples each (seconds);
 - `-m fuzz`: `AMBIT_FUZZ_EXAMPLES` examples each (default 200, bounded so the unit run takes it);
 - a long local run: `python -m tests.unit.controller.test_config_fuzz --cases 100000` (random
   mutations, no shrinking; reports cases/s and every crash with its input).
@@ -81,7 +81,7 @@ from waypoint import config as waypoint_config
 from waypoint.authz import Waypoint
 from ztunnel import meshstate
 
-UNIT_EXAMPLES = 40
+UNIT_EXAMPLES = 100
 LONG_EXAMPLES = int(os.environ.get("AMBIT_FUZZ_EXAMPLES", "200"))
 STEP_LIMIT = 5.0        # seconds any one step may take before it counts as a hang
 
@@ -345,6 +345,7 @@ def world() -> dict[tuple[str, str, str], Obj]:
 
 WORLD = world()
 KEYS = list(WORLD)
+RICH_KEYS = [object_key(o) for o in rich()]      # the seeds that say the most
 
 
 # --- mutations --------------------------------------------------------------------------------------
@@ -662,29 +663,33 @@ def check_validation(obj: Any) -> list[FieldError]:
     return errors
 
 
-def check(key: tuple[str, str, str], obj: Any) -> None:
-    """All the properties for the world with its object `key` replaced by `obj`."""
-    errors = check_validation(obj)
+def check(key: tuple[str, str, str], obj: Any, *more: tuple[tuple[str, str, str], Any]) -> None:
+    """All the properties for the world with its object `key` replaced by `obj` (and each of
+    `more`'s too: mutations that only matter together, two objects naming each other)."""
     objs = dict(WORLD)
-    del objs[key]
-    if errors:
-        batch = [*objs.values(), obj]          # refused: translation skips it and says so
-    else:
-        objs[object_key(obj)] = obj             # as `ambit apply` merges it into the store
-        batch = list(objs.values())
+    refused: list[Any] = []
+    errors: list[FieldError] = []
+    for k, o in ((key, obj), *more):
+        found = check_validation(o)
+        objs.pop(k, None)
+        if found:
+            refused.append(o)
+            errors.extend(found)
+        else:
+            objs[object_key(o)] = o              # as `ambit apply` merges it into the store
+    batch = [*objs.values(), *refused]          # refused: translation skips them and says so
     with bounded("translate"):
         tr = translate(batch)
     refs = {FieldError(object_ref(o), "", "").ref for o in batch}     # as an error prints them
     for e in tr.errors:
         assert isinstance(e, FieldError) and e.ref in refs and e.reason, str(e)
-    if errors:
-        if known_kind(obj):     # other kinds are not Ambit's: ignored
-            assert set(errors) <= set(tr.errors), "a refused object is not reported by the translation"
-        return
+    for o in refused:
+        if known_kind(o):       # other kinds are not Ambit's: ignored
+            assert set(validate_object(o)) <= set(tr.errors), "a refused object is not reported by the translation"
     with bounded("serve"):
         snap = serve(tr)
     with bounded("data plane"):
-        data_plane(snap, _gateways(batch))
+        data_plane(snap, _gateways(list(objs.values())))
 
 
 def test_every_seed_is_valid_and_the_world_translates_and_applies_cleanly() -> None:
@@ -704,7 +709,9 @@ def test_every_seed_is_valid_and_the_world_translates_and_applies_cleanly() -> N
 @given(st.sampled_from(KEYS), st.data())
 @settings(max_examples=UNIT_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_mutated_config_is_refused_by_name_or_applied_end_to_end(key: tuple[str, str, str], data: st.DataObject) -> None:
-    check(key, mutated(key, Drawn(data)))
+    c = Drawn(data)
+    more = [(k, mutated(k, c)) for k in data.draw(st.lists(st.sampled_from(RICH_KEYS), max_size=1))]
+    check(key, mutated(key, c), *more)
 
 
 @pytest.mark.fuzz
@@ -763,13 +770,16 @@ def long_run(cases: int, seed: int) -> int:
     crashes = 0
     t0 = time.monotonic()
     for i in range(cases):
-        key = rng.choice(KEYS)
+        key = rng.choice(KEYS if rng.random() < 0.5 else RICH_KEYS)
         obj = mutated(key, c)
+        more = [(k, mutated(k, c)) for k in rng.sample(RICH_KEYS, rng.choice((0, 0, 1, 2)))]
         try:
-            check(key, obj)
+            check(key, obj, *more)
         except Exception:   # noqa: BLE001 - report every finding
             crashes += 1
             print(f"case {i}: CRASH on {key}: {json.dumps(obj, default=repr)[:4000]}", file=sys.stderr)
+            for k, o in more:
+                print(f"  with {k}: {json.dumps(o, default=repr)[:4000]}", file=sys.stderr)
             traceback.print_exc()
         if i and i % 1000 == 0:
             print(f"{i} cases, {crashes} crashes, {i / (time.monotonic() - t0):.1f}/s", file=sys.stderr)
