@@ -44,7 +44,7 @@ from controller.translate.policy import (
 from controller.translate.routes import Hosts, translate_routes
 from controller.translate.serviceentries import expand_entry_targets, selecting, translate_service_entries
 from controller.translate.waypoints import apply_waypoints, waypoint_admits, waypoint_gateways
-from controller.translate.workloads import drop_conflicts, translate_services, translate_workloads
+from controller.translate.workloads import translate_services, translate_workloads
 from controller.validation import FieldError, Validated, split_valid
 
 __all__ = ["Translation", "TranslationBug", "TranslationMemo", "translate"]
@@ -127,8 +127,7 @@ def translate(objects: list[dict[str, Any]], trust_domain: str = "cluster.local"
     # its address: those are addresses, not the pod (ztunnel/routing.py).
     out.workloads = translate_workloads(idx, [*out.services, *selecting(entries)], trust_domain, gateways,
                                         lambda wp, ns: waypoint_admits(idx, wp, ns), refused,
-                                        memo)
-    out.workloads = drop_conflicts(out.workloads, out.errors)
+                                        memo, out.errors)
     out.services.extend(entries)
     out.errors.extend(gateway_errors)
     unbound = apply_waypoints(gateways, out.services, lambda wp, ns: waypoint_admits(idx, wp, ns), refused)
