@@ -160,8 +160,11 @@ def _checked(obj: Any) -> tuple[Any, list[FieldError]]:
             errs.append(("metadata.name", "required field is missing"))
         else:
             Name.check(name, "metadata.name", errs)
-        if md.get("namespace") is not None and (spec is None or spec.namespaced):
-            NamespaceName.check(md["namespace"], "metadata.namespace", errs)
+        if md.get("namespace") is not None:
+            # A cluster-scoped kind has none (the API server clears it), but it is still a string:
+            # translation sorts objects by namespace and name.
+            (NamespaceName if spec is None or spec.namespaced else Str()).check(md["namespace"], "metadata.namespace",
+                                                                               errs)
         for f, schema in _METADATA_CHECKS.items():
             if md.get(f) is not None:
                 schema.check(md[f], f"metadata.{f}", errs)

@@ -146,6 +146,15 @@ def spec_for(api_version: object, kind: object) -> KindSpec | None:
     return BY_GROUP_KIND.get((group, kind)) or BY_KIND.get(kind)
 
 
+def known_kind(obj: object) -> bool:
+    """Is `obj` a map whose `kind` names a kind Ambit reads? (False for a `kind` that is no string:
+    a list or a map there is no kind, and no key of BY_KIND.)"""
+    if not isinstance(obj, dict):
+        return False
+    kind = obj.get("kind")
+    return isinstance(kind, str) and kind in BY_KIND
+
+
 def spec_of(obj: object) -> KindSpec | None:
     return spec_for(obj.get("apiVersion"), obj.get("kind")) if isinstance(obj, dict) else None
 

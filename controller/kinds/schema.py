@@ -43,6 +43,8 @@ def _did_you_mean(name: str, known: dict[str, Any]) -> str:
 def join(path: str, key: str | int) -> str:
     if isinstance(key, int):
         return f"{path}[{key}]"
+    if not key:                 # a field named "" (a map key in JSON can be): a path that shows it
+        return f'{path}[""]'
     return f"{path}.{key}" if path else key
 
 

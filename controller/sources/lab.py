@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 
 from ambit.labstore import LabStore
-from controller.kinds import BY_KIND
+from controller.kinds import known_kind
 from controller.sources import OnSnapshot
 from controller.sources.cache import LastGoodCache
 from controller.validation import FieldError
@@ -27,7 +27,7 @@ class LabSource:
             published = self.cache.version
             on_snapshot([])
         for snap in self.store.watch(interval=self.interval, stop=stop.is_set):
-            objs = [o for o in snap.objects.values() if o.get("kind") in BY_KIND]
+            objs = [o for o in snap.objects.values() if known_kind(o)]
             self.cache.replace(objs, owns=lambda _k: True)
             if self.cache.version != published:
                 published = self.cache.version

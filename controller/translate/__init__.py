@@ -24,7 +24,7 @@ from ambit.model import (
     WaypointRoutes,
     Workload,
 )
-from controller.kinds import BY_KIND
+from controller.kinds import known_kind
 from controller.translate.autoalloc import AutoAllocate, allocate
 from controller.translate.backendtls import BackendTLS, apply_backend_tls
 from controller.translate.blame import TranslationBug, blame
@@ -108,7 +108,7 @@ def translate(objects: list[dict[str, Any]], trust_domain: str = "cluster.local"
     `autoallocate`: ServiceEntry address auto-allocation (None: on, from 240.240.0.0/16, as Istio)."""
     out = Translation(mesh_settings=[MeshSettings(trust_domain, list(trust_domain_aliases))])
     good, out.errors = split_valid(objects if isinstance(objects, Validated) else    # every kind is known
-                                   (o for o in objects if isinstance(o, dict) and o.get("kind") in BY_KIND))
+                                   (o for o in objects if known_kind(o)))
     given = memo
     if given is not None:   # a plain list: nothing reused, nothing kept (its objects may be edited)
         given.begin()
@@ -127,7 +127,7 @@ def translate(objects: list[dict[str, Any]], trust_domain: str = "cluster.local"
     # its address: those are addresses, not the pod (ztunnel/routing.py).
     out.workloads = translate_workloads(idx, [*out.services, *selecting(entries)], trust_domain, gateways,
                                         lambda wp, ns: waypoint_admits(idx, wp, ns), refused,
-                                        memo)
+                                        memo, out.errors)
     out.services.extend(entries)
     out.errors.extend(gateway_errors)
     unbound = apply_waypoints(gateways, out.services, lambda wp, ns: waypoint_admits(idx, wp, ns), refused)

@@ -83,6 +83,21 @@ def _address_conflicts(se: Obj, taken: dict[str, str]) -> list[FieldError]:
     return out
 
 
+def _host_conflicts(se: Obj, held: dict[str, str]) -> list[FieldError]:
+    """A host of the entry whose registry Service (named `ns/host`) another Service of its
+    namespace already is: a Kubernetes Service of that name, or an earlier entry's host (by
+    namespace and name). Two Services of one name cannot both be served."""
+    out = []
+    ns = ns_of(se)
+    for i, h in enumerate((se.get("spec") or {}).get("hosts") or []):
+        holder = held.get(f"{ns}/{h}")
+        if holder is not None:
+            out.append(FieldError(f"ServiceEntry/{ns}/{name_of(se)}", f"spec.hosts[{i}]",
+                                  f'"{h}" is already {holder} in namespace {ns}: the registry holds one service '
+                                  "per name in a namespace, so this ServiceEntry is not applied (none of it)"))
+    return out
+
+
 def translate_service_entries(idx: Index, services: list[Service], errors: list[FieldError],
                               allocation: Allocation | None = None) -> list[Service]:
     """The registry Services of every ServiceEntry. An entry with an address that is already
@@ -93,6 +108,7 @@ def translate_service_entries(idx: Index, services: list[Service], errors: list[
     `allocation`: the auto-allocated VIPs of entries without `addresses` (never an address another
     Service or entry holds: autoalloc reserves those)."""
     taken = {vip: s.resource_name for s in services for vip in s.vips}
+    held = {s.resource_name: f"the name of Service {s.resource_name}" for s in services}
     auto = allocation.vips if allocation is not None else {}
     pods = EntryPods(idx)
     for key, vips in auto.items():
@@ -102,7 +118,7 @@ def translate_service_entries(idx: Index, services: list[Service], errors: list[
     for se in sorted(idx.kind("ServiceEntry"), key=lambda o: (ns_of(o), name_of(o))):
         with blame(se):
             spec, ns = se.get("spec") or {}, ns_of(se)
-            conflicts = _address_conflicts(se, taken)
+            conflicts = _address_conflicts(se, taken) + _host_conflicts(se, held)
             if conflicts:
                 errors.extend(conflicts)
                 continue
@@ -118,7 +134,11 @@ def translate_service_entries(idx: Index, services: list[Service], errors: list[
             ports = _ports(spec)
             waypoint = waypoint_ref(labels_of(se), ns, fallback=namespace_waypoint(idx, ns))
             selected = [] if selector is None else [pod_endpoint(p, ports) for p in pods.selected(ns, selector)]
-            for i, host in enumerate(spec.get("hosts") or []):
+            # a host listed twice is one host (Istio's registry keys its services by host)
+            hosts = list(dict.fromkeys(spec.get("hosts") or []))
+            for h in hosts:
+                held[f"{ns}/{h}"] = f"a host of ServiceEntry {ns}/{name_of(se)}"
+            for i, host in enumerate(hosts):
                 endpoints: list[Endpoint]
                 if selector is not None:
                     endpoints = list(selected)
@@ -164,7 +184,7 @@ def expand_entry_targets(policies: list[Any], idx: Index) -> None:
     ServiceEntry bind it, at the entry's waypoint, to each of the entry's hosts: the refs become
     Service refs to the hosts' registry Services (named by host), which is how waypoints bind
     (waypoint/binding.py, ambit/telemetry.py). In place."""
-    hosts = {(ns_of(se), name_of(se)): list((se.get("spec") or {}).get("hosts") or [])
+    hosts = {(ns_of(se), name_of(se)): list(dict.fromkeys((se.get("spec") or {}).get("hosts") or []))
              for se in idx.kind("ServiceEntry")}
     for p in policies:
         if not any(r.get("kind") == "ServiceEntry" for r in p.target_refs):

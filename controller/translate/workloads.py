@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -28,7 +29,7 @@ from controller.translate.index import (
 )
 from controller.translate.memo import REMADE, REUSED, TRANSLATED, PodFacts, TranslationMemo, WorkloadEntry
 from controller.translate.waypoints import workload_waypoint
-from controller.validation import object_ref
+from controller.validation import FieldError, object_ref
 
 Obj = dict[str, Any]
 
@@ -301,13 +302,16 @@ def translate_workloads(idx: Index, services: list[Service], trust_domain: str,
                         gateways: Mapping[str, str] | None = None,
                         admits: Callable[[str, str], bool] = lambda wp, ns: True,
                         refused: dict[tuple[str, str], list[str]] | None = None,
-                        memo: TranslationMemo | None = None) -> list[Workload]:
+                        memo: TranslationMemo | None = None,
+                        errors: list[FieldError] | None = None) -> list[Workload]:
     """The Workload of every pod with a sandbox. `gateways` (waypoint Gateways, "ns/name" -> what
     they serve, `waypoints.waypoint_gateways`) and `admits` make each use-waypoint reference
     effective (`waypoints.workload_waypoint`); a reference the waypoint does not admit is dropped
     and noted in `refused` ((namespace, waypoint) -> pod names). `memo`: a `TranslationMemo` to reuse
-    the last translation's Workloads from (only for a `Validated` snapshot: see its module)."""
+    the last translation's Workloads from (only for a `Validated` snapshot: see its module).
+    `errors`: where a pod left out for another's uid or mesh address goes (`Claims`)."""
     by_uid, by_ip = _backed(services)
+    claims = Claims()
     gateways = gateways or {}
     out = []
     nodes = node_localities(idx)
@@ -339,11 +343,15 @@ def translate_workloads(idx: Index, services: list[Service], trust_domain: str,
             # Equal dicts have the same keys, so the same order once sorted (make_workload).
             if (w is not None and w.services == services_of and w.locality == locality
                     and w.waypoint == waypoint and w.protocol == protocol):
+                if _conflict(claims, w, errors):
+                    continue
                 out.append(w)
                 if memo is not None:
                     memo.keep(pod, held, REUSED)
                 continue
             wl = make_workload(pod, f, services_of, locality, waypoint, protocol)
+            if _conflict(claims, wl, errors):
+                continue        # not kept in the memo either: it holds this snapshot's Workloads
             out.append(wl)
             if memo is not None:
                 memo.keep(pod, WorkloadEntry(namespace, trust_domain, f, wl), TRANSLATED if held is None else REMADE)
@@ -352,3 +360,42 @@ def translate_workloads(idx: Index, services: list[Service], trust_domain: str,
     except Exception as e:  # noqa: BLE001 - re-raised, with the pod named (as `blame`)
         raise TranslationBug(object_ref(pod), e) from e
     return out
+
+
+class Claims:
+    """The uids and mesh addresses of the Workloads taken so far (oldest pod first, as translated),
+    to leave out the later of two that the data plane could not tell apart: two pods of one uid
+    (a Workload's name: the config server refuses a snapshot holding a name twice, so no change
+    anywhere in the mesh would be served), and two mesh (HBONE) pods of one address (ztunnel
+    refuses the update: which identity answers for it?). The older keeps what it has: a pod
+    written later cannot take another's identity by claiming its uid or address. Plain TCP
+    workloads may share an address (host-network pods share their node's)."""
+
+    def __init__(self) -> None:
+        self.by_uid: dict[str, Workload] = {}
+        self.by_ip: dict[str, Workload] = {}
+
+    def take(self, w: Workload) -> FieldError | None:
+        """Take `w`'s uid and addresses; or, when another holds one, the error that leaves it out."""
+        ref = f"Pod/{w.namespace}/{w.name}"
+        holder = self.by_uid.get(w.uid)
+        if holder is not None:
+            return FieldError(ref, "metadata.uid", f'"{w.uid}" is already the uid of Pod {holder.namespace}/'
+                                                   f"{holder.name}: this pod is not applied")
+        ips = [str(ipaddress.ip_address(ip)) for ip in w.ips] if w.protocol == "HBONE" else []
+        for ip in ips:
+            other = self.by_ip.get(ip)
+            if other is not None:
+                return FieldError(ref, "status.podIPs", f"{ip} is already the address of mesh Pod {other.namespace}/"
+                                                        f"{other.name}: inbound traffic to it would have two "
+                                                        "identities, so this pod is not applied")
+        self.by_uid[w.uid] = w
+        self.by_ip.update((ip, w) for ip in ips)
+        return None
+
+
+def _conflict(claims: Claims, w: Workload, errors: list[FieldError] | None) -> bool:
+    e = claims.take(w)
+    if e is not None and errors is not None:
+        errors.append(e)
+    return e is not None

@@ -175,6 +175,29 @@ def test_pods_without_ip_or_not_running_are_skipped() -> None:
     assert [w.name for w in t.workloads] == ["ok", "pulling"]
 
 
+def test_a_later_pod_claiming_a_mesh_pods_address_or_uid_is_left_out_and_named() -> None:
+    """Found by tests/unit/controller/test_config_fuzz.py: a pod with another mesh pod's IP made
+    ztunnel refuse every Workload update ("claimed by more than one mesh workload"), and one with
+    another pod's uid (a Workload's name) made the config server refuse the whole snapshot. The
+    older pod keeps its address and uid; the later is not applied, and the error names it."""
+    def aged(p: dict[str, Any], t: str) -> dict[str, Any]:
+        p["metadata"]["creationTimestamp"] = t
+        return p
+    mesh = ns("demo", **{"ambit.io/dataplane-mode": "ambient"})
+    old = aged(pod("old", "10.244.1.10"), "2024-01-01T00:00:00Z")
+    same_ip = aged(pod("same-ip", "10.244.1.10"), "2024-01-02T00:00:00Z")
+    same_uid = aged(pod("same-uid", "10.244.1.11"), "2024-01-02T00:00:00Z")
+    same_uid["metadata"]["uid"] = "uid-old"
+    plain = [ns("legacy"), pod("host-a", "10.0.0.1", namespace="legacy"), pod("host-b", "10.0.0.1", namespace="legacy")]
+    t = translate([mesh, same_ip, same_uid, old, *plain])
+    assert sorted(w.name for w in t.workloads) == ["host-a", "host-b", "old"]     # plain TCP may share one
+    assert [(e.ref, e.path) for e in t.errors] == [("Pod/demo/same-ip", "status.podIPs"),
+                                                   ("Pod/demo/same-uid", "metadata.uid")]
+    assert t.errors[0].reason == ("10.244.1.10 is already the address of mesh Pod demo/old: inbound traffic to it "
+                                  "would have two identities, so this pod is not applied")
+    assert t.errors[1].reason == '"uid-old" is already the uid of Pod demo/old: this pod is not applied'
+
+
 def test_waypoint_from_pod_or_namespace_labels() -> None:
     t = translate([
         ns("demo", **{"istio.io/use-waypoint": "wp"}),

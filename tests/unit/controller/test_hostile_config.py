@@ -238,3 +238,78 @@ def test_a_header_field_of_the_wrong_type_is_not_called_missing(field: str, valu
     assert (field, reason) in [(e.path, e.reason) for e in validate_object(obj)]
     del obj[field]
     assert (field, "required field is missing") in [(e.path, e.reason) for e in validate_object(obj)]
+
+
+@pytest.mark.parametrize("kind", [[], ["Service"], {"k": "v"}], ids=["empty-list", "list", "map"])
+def test_an_object_whose_kind_is_a_list_or_map_is_ignored_and_the_rest_translates(kind: Any) -> None:
+    """Found by tests/unit/controller/test_config_fuzz.py: `kind in BY_KIND` raised TypeError
+    (unhashable) out of translate, for the whole snapshot. A kind that is no string is no kind of
+    Ambit's: ignored as an unknown kind is, while validation names the field."""
+    obj = {**route(type="PathPrefix", value="/"), "kind": kind}
+    assert [e.path for e in validate_object(obj)] == ["kind"]
+    t = translate([*world(), obj])
+    assert t.errors == []
+    assert any(s.name == "reviews" for s in t.services)
+
+
+def test_a_service_port_listed_twice_is_refused_as_the_api_server_refuses_it() -> None:
+    """Found by test_config_fuzz.py: two entries for TCP port 9080 passed validation, and ztunnel
+    NACKed the translated Service ("ports[1].port: 9080 appears twice"), keeping every Service's
+    previous state. The API server refuses a duplicate port (and protocol) or port name."""
+    svc = service("ratings", {"app": "reviews"}, [{"name": "http", "port": 9080}, {"name": "http2", "port": 9080},
+                                                  {"name": "http", "port": 9081}], cluster_ip="10.96.0.11")
+    assert [(e.path, e.reason) for e in validate_object(svc)] == [
+        ("spec.ports[1].port", "duplicate port 9080/TCP (also ports[0])"),
+        ("spec.ports[2].name", 'duplicate port name "http" (also ports[0])')]
+    t = translate([*world(), svc])
+    assert [e.ref for e in t.errors] == ["Service/demo/ratings", "Service/demo/ratings"]
+    # one port for TCP and one for UDP (kube-dns) is two ports
+    dns = service("dns", {"app": "reviews"}, [{"name": "dns", "port": 53, "protocol": "UDP"},
+                                              {"name": "dns-tcp", "port": 53}], cluster_ip="10.96.0.12")
+    assert validate_object(dns) == []
+
+
+def test_a_pod_listing_one_address_twice_is_refused_as_the_api_server_refuses_it() -> None:
+    """Found by test_config_fuzz.py: `podIPs` naming one address twice (also written two ways, as
+    IPv6 can be) passed, and ztunnel refused every Workload update, the pod claiming its own
+    address twice."""
+    p = pod("reviews-2", "10.244.1.11")
+    p["status"]["podIPs"] = [{"ip": "fd00::1"}, {"ip": "fd00:0::1"}]
+    assert [(e.path, e.reason) for e in validate_object(p)] == [
+        ("status.podIPs[1].ip", "duplicate address fd00:0::1 (also podIPs[0])")]
+    p["status"]["podIPs"] = [{"ip": "10.244.1.11"}, {"ip": "fd00::1"}]     # dual stack
+    assert validate_object(p) == []
+
+
+def test_a_cluster_scoped_objects_namespace_must_still_be_a_string() -> None:
+    """Found by test_config_fuzz.py: a Namespace's `metadata.namespace` was not looked at (a
+    cluster-scoped kind has none), and a map there failed the whole translation (TypeError sorting
+    the Namespaces by namespace and name). A string is accepted, as the API server clears it."""
+    n = ns("team")
+    n["metadata"]["namespace"] = {"a": 1}
+    assert errors(n) == ['Namespace/team: metadata.namespace: must be a string, got {"a": 1}']
+    t = translate([*world(), n])
+    assert [e.ref for e in t.errors] == ["Namespace/team"] and any(s.name == "reviews" for s in t.services)
+    n["metadata"]["namespace"] = "ignored"
+    assert errors(n) == []
+
+
+def test_a_field_named_by_the_empty_string_is_named_in_the_path() -> None:
+    """Found by test_config_fuzz.py: an unknown field "" printed as `HTTPRoute/demo/r: unknown
+    field`, with no path at all (at the top) or a dangling `spec.` inside."""
+    obj = route(type="PathPrefix", value="/")
+    obj[""] = 1
+    obj["spec"][""] = 2
+    assert errors(obj) == ['HTTPRoute/demo/r: spec[""]: unknown field', 'HTTPRoute/demo/r: [""]: unknown field']
+
+
+@pytest.mark.parametrize("field", ["serviceAccountName", "serviceAccount"])
+def test_a_pod_service_account_that_is_no_name_is_refused(field: str) -> None:
+    """Found by test_config_fuzz.py: `serviceAccountName: "*.*"` passed, made the identity
+    spiffe://cluster.local/ns/demo/sa/*.*, and ztunnel refused every Workload update with it."""
+    p = pod("reviews-2", "10.244.1.11")
+    p["spec"][field] = "*.*"
+    (e,) = validate_object(p)
+    assert e.path == f"spec.{field}" and "RFC 1123" in e.reason
+    p["spec"][field] = "reviews.v2"
+    assert validate_object(p) == []

@@ -177,8 +177,10 @@ def test_analyze_warns_of_a_selector_that_selects_no_pod_of_the_entrys_namespace
     from ambitctl import analyze
     objs = [*MESH, pod("mysql-0", "10.210.1.10", {"app": "mysql"}),
             pod("pg-0", "10.210.1.20", {"app": "postgres"}, namespace="other"),
-            entry({}, name="ok"), entry({"workloadSelector": {"labels": {"app": "postgres"}}}, name="elsewhere"),
-            entry({"workloadSelector": {}}, name="empty")]
+            # each its own host: two entries of one namespace with one host are one too many (the later is not applied)
+            entry({}, name="ok"),
+            entry({"hosts": ["pg.internal"], "workloadSelector": {"labels": {"app": "postgres"}}}, name="elsewhere"),
+            entry({"hosts": ["none.internal"], "workloadSelector": {}}, name="empty")]
     found = {(f.code, f.ref, f.path) for f in analyze.analyze(objs, complete=True)}
     assert ("AMB0104", "ServiceEntry/demo/elsewhere", "spec.workloadSelector.labels") in found
     assert ("AMB0104", "ServiceEntry/demo/empty", "spec.workloadSelector") in found

@@ -219,6 +219,40 @@ def test_an_entry_with_an_address_another_service_holds_is_not_applied_and_repor
                                    "the two apart, so this ServiceEntry is not applied (none of it)")
 
 
+def test_an_entry_whose_host_names_a_service_of_its_namespace_already_is_not_applied_and_reported() -> None:
+    """Found by tests/unit/controller/test_config_fuzz.py: an entry host "web" beside the Service
+    demo/web, or a host two entries of a namespace list, made two registry Services of one name;
+    the config server refused the whole snapshot ("appears more than once"), so no change anywhere in
+    the mesh was served until it was taken back. Now the later entry is left out whole and named,
+    as for an address another Service holds."""
+    k8s = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": "demo"},
+           "spec": {"clusterIP": "10.96.0.5", "ports": [{"port": 80}], "selector": {"app": "web"}}}
+    port = [{"number": 80, "name": "http", "protocol": "HTTP"}]
+    clash = se({"hosts": ["a.example", "web"], "ports": port, "resolution": "DNS"}, name="clash")
+    first = se({"hosts": ["b.example"], "ports": port, "resolution": "DNS"}, name="first")
+    second = se({"hosts": ["c.example", "b.example"], "ports": port, "resolution": "DNS"}, name="second")
+    elsewhere = se({"hosts": ["b.example"], "ports": port, "resolution": "DNS"}, name="second", ns="other")
+    tr = translate([k8s, clash, first, second, elsewhere])
+    assert sorted(s.resource_name for s in tr.services if s.kind == "ServiceEntry") == ["demo/b.example",
+                                                                                        "other/b.example"]
+    assert [(e.ref, e.path, e.reason) for e in tr.errors] == [
+        ("ServiceEntry/demo/clash", "spec.hosts[1]", '"web" is already the name of Service demo/web in namespace '
+         "demo: the registry holds one service per name in a namespace, so this ServiceEntry is not applied "
+         "(none of it)"),
+        ("ServiceEntry/demo/second", "spec.hosts[1]", '"b.example" is already a host of ServiceEntry demo/first in '
+         "namespace demo: the registry holds one service per name in a namespace, so this ServiceEntry is not "
+         "applied (none of it)")]
+
+
+def test_a_host_listed_twice_in_one_entry_is_one_host() -> None:
+    """Found by the fuzzer too: the same host twice in `hosts` (Istio accepts it) made two
+    registry Services of one name, and the config server refused the snapshot."""
+    entry = se({"hosts": ["a.example", "b.example", "a.example"], "addresses": ["192.0.2.9"],
+                "ports": [{"number": 80, "name": "http"}]})
+    got = services([entry])
+    assert [(k, s.vips) for k, s in got.items()] == [("demo/a.example", ["192.0.2.9"]), ("demo/b.example", [])]
+
+
 def test_policies_targeting_a_service_entry_bind_to_each_of_its_hosts() -> None:
     entry = se({"hosts": ["a.example", "b.example"], "ports": [{"number": 80, "name": "http"}]}, name="ext")
     ap = {"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
