@@ -86,6 +86,9 @@ def test_a_waypoint_restarted_while_the_controller_is_away_serves_from_its_cache
                      interval=0.5, what="myapp through the restarted waypoint, the controller away")
     finally:
         lab.ambit("lab", "start", "controller")
+        # back for the next test (its debug API answers): `--wait` needs it
+        lab.wait_for(lambda: lab.ambit("status", "-o", "json", check=False).returncode == 0, timeout=30,
+                     interval=0.5, what="the controller back")
 
 
 def _mac(netns: str) -> str:
