@@ -31,9 +31,9 @@ def _name_matches(side: Event, spec: str) -> bool:
     if ns and side.get("namespace") != ns:
         return False
     if kind in ("svc", "service"):
-        svc = side.get("service", "")
+        svc = _text(side.get("service"))
         return svc.rsplit("/", 1)[-1] == name or svc == rest
-    pod, wl = side.get("pod") or "", side.get("workload") or ""
+    pod, wl = _text(side.get("pod")), _text(side.get("workload"))
     if kind in ("pod", "po"):
         return pod == name
     return name in (wl, pod) or (pod.startswith(name + "-") and bool(_POD_SUFFIX.match(pod[len(name) + 1:])))
@@ -55,11 +55,30 @@ def _status_matches(status: int, spec: str) -> bool:
     return False
 
 
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def _side(value: Any) -> Event:
+    return value if isinstance(value, dict) else {}
+
+
+def _status_of(value: Any) -> int | None:
+    """An event's HTTP status as an int: a proxy's JSON, so anything else (a list, "abc") is none."""
+    if type(value) is int:
+        return value
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 3:
+        return int(value)
+    return None
+
+
 def event_matches(ev: Event, f: Filter) -> bool:
-    """Does this tap event pass every filter given?"""
+    """Does this tap event pass every filter given? An event is a proxy's JSON (in a cluster it
+    reaches the controller over the node's feed): a field of the wrong type never matches, and
+    never raises."""
     if ev.get("type") != "flow":
         return False
-    src, dst = ev.get("src") or {}, ev.get("dst") or {}
+    src, dst = _side(ev.get("src")), _side(ev.get("dst"))
     if f.namespace and f.namespace not in (src.get("namespace"), dst.get("namespace")):
         return False
     if f.to and not _name_matches(dst, f.to):
@@ -68,11 +87,11 @@ def event_matches(ev: Event, f: Filter) -> bool:
         return False
     if f.pod and f.pod not in (src.get("pod"), dst.get("pod")):
         return False
-    if f.status and not ("status" in ev and _status_matches(int(ev["status"]), f.status)):
+    if f.status and ((status := _status_of(ev.get("status"))) is None or not _status_matches(status, f.status)):
         return False
     if f.verdict and ev.get("verdict") != f.verdict:
         return False
-    return not (f.layer and ev.get("layer", "").upper() != f.layer.upper())
+    return not (f.layer and _text(ev.get("layer")).upper() != f.layer.upper())
 
 
 def validate_status(spec: str) -> str:

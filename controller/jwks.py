@@ -30,12 +30,63 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from controller.kinds.security import jwks_problem
+from controller.validation import printable
 
 log = logging.getLogger("ambit.controller.jwks")
 
 MAX_BYTES = 1 << 20
+MAX_SKIPPED_LOGGED = 8      # skipped keys one fetch names in the log (the rest are counted)
 Get = Callable[[str, float], bytes]
+
+
+def usable_keys(text: str) -> tuple[str, list[str]]:
+    """The key set to inline for the waypoints, and why each key left out was left out.
+
+    An identity provider's key set is its word: a key that is no JSON object, whose kid, alg, use
+    or kty is no string, or that PyJWT cannot build (a key type it does not know, a malformed
+    modulus, an EC point off its curve) is left out, with the reason. Passed on, a key that is no
+    object made every waypoint's RequestAuthentication fail to apply (PyJWK raised AttributeError)
+    and NACK the update. The document is returned as served when every key is usable. ValueError
+    when it is no key set or has no usable key: the last good key set then stays."""
+    import jwt
+
+    try:
+        data = json.loads(text)
+    except RecursionError:
+        raise ValueError("is nested too deeply to decode") from None
+    except ValueError as e:
+        raise ValueError(f"must be a JSON Web Key Set (JSON): {e}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("keys"), list) or not data["keys"]:
+        raise ValueError('must be a JSON Web Key Set: an object with a non-empty "keys" list')
+    kept, skipped = [], []
+    for i, key in enumerate(data["keys"]):
+        why = _key_problem(jwt, key)
+        if why:
+            kid = key.get("kid") if isinstance(key, dict) else None
+            skipped.append(f"keys[{i}]" + (f" (kid {kid[:64]!r})" if isinstance(kid, str) else "") + f": {why}")
+        else:
+            kept.append(key)
+    if not kept:
+        raise ValueError(f"has no key usable for verification ({'; '.join(skipped[:MAX_SKIPPED_LOGGED])}"
+                         + (f"; and {len(skipped) - MAX_SKIPPED_LOGGED} more" if len(skipped) > MAX_SKIPPED_LOGGED
+                            else "") + ")")
+    if not skipped:
+        return text, []
+    return json.dumps({**data, "keys": kept}, separators=(",", ":")), skipped
+
+
+def _key_problem(jwt: Any, key: Any) -> str:
+    """Why a waypoint could not verify with `key` ("" if it can)."""
+    if not isinstance(key, dict):
+        return f"a JSON {type(key).__name__}, not an object"
+    for name in ("kty", "kid", "alg", "use"):
+        if name in key and not isinstance(key[name], str):
+            return f"{name} is a JSON {type(key[name]).__name__}, not a string"
+    try:
+        jwt.PyJWK(key)
+    except Exception as e:  # noqa: BLE001 - whatever PyJWT makes of the provider's key: that key's problem
+        return printable(f"{type(e).__name__}: {e}", 200)
+    return ""
 
 
 class _Deadline:
@@ -161,10 +212,14 @@ class JwksCache:
     def fetch(self, source: str, timeout: float) -> bool:
         """Fetch one source now; True when the key set it resolves to changed."""
         try:
-            keys = self._download(source, timeout)
-            problem = jwks_problem(keys)
-            if problem:
-                raise ValueError(f"the key set {problem}")
+            try:
+                keys, skipped = usable_keys(self._download(source, timeout))
+            except ValueError as e:
+                raise ValueError(f"the key set {e}") from None
+            if skipped:
+                log.warning("RequestAuthentication key set %s: %d key(s) left out: %s%s", source, len(skipped),
+                            "; ".join(skipped[:MAX_SKIPPED_LOGGED]),
+                            f"; and {len(skipped) - MAX_SKIPPED_LOGGED} more" if len(skipped) > MAX_SKIPPED_LOGGED else "")
             error = ""
         except Exception as e:  # noqa: BLE001 - anything a source answers is that source's failure alone
             # (http.client's HTTPException for a garbled response, RecursionError for JSON nested

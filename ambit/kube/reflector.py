@@ -101,8 +101,10 @@ class _TooLarge(_Gone):
 def _too_large(status: Obj) -> bool:
     """client-go's isTooLargeResourceVersionError: the ResourceVersionTooLarge cause, or (older
     servers) a 504 Timeout saying "Too large resource version"."""
-    causes = (status.get("details") or {}).get("causes") or []
-    if any(isinstance(c, dict) and c.get("reason") == "ResourceVersionTooLarge" for c in causes):
+    details = status.get("details")
+    causes = details.get("causes") if isinstance(details, dict) else None   # the server's JSON: any type
+    if isinstance(causes, list) and any(isinstance(c, dict) and c.get("reason") == "ResourceVersionTooLarge"
+                                        for c in causes):
         return True
     return status.get("code") == 504 and "Too large resource version" in str(status.get("message") or "")
 
@@ -145,6 +147,27 @@ def _typed_api_class(group: str, version: str) -> type | None:
     """"" v1 -> CoreV1Api, discovery.k8s.io v1 -> DiscoveryV1Api; None for groups the client lacks."""
     base = "".join(p.capitalize() for p in group.removesuffix(".k8s.io").split(".")) if group else "Core"
     return getattr(kclient, f"{base}{version.capitalize()}Api", None)
+
+
+def _check_object(obj: Any, what: str) -> None:
+    """ValueError unless `obj` is a whole object as the API server sends one: a JSON object with
+    `metadata` an object, `metadata.name` a non-empty string, and `namespace`, `resourceVersion`,
+    `labels` (an object of strings) of their types where present. Anything else would be kept
+    under a made-up key (`demo/` for a nameless object, `demo/5` for a number) or pass a
+    resourceVersion that is no string to the next watch."""
+    if not isinstance(obj, dict):
+        raise ValueError(f"{what}: a JSON {type(obj).__name__}, not an object")
+    md = obj.get("metadata")
+    if not isinstance(md, dict):
+        raise ValueError(f"{what}: metadata is missing or no object")
+    name, ns, rv = md.get("name"), md.get("namespace", ""), md.get("resourceVersion", "")
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"{what}: metadata.name is missing or no string ({str(name)[:64]!r})")
+    if not isinstance(ns, str | None) or not isinstance(rv, str | None):
+        raise ValueError(f"{what} {name}: metadata.namespace or resourceVersion is no string")
+    labels = md.get("labels")
+    if labels is not None and not (isinstance(labels, dict) and all(isinstance(v, str) for v in labels.values())):
+        raise ValueError(f"{what} {name}: metadata.labels is no object of strings")
 
 
 def object_key(obj: Obj) -> str:
@@ -312,6 +335,7 @@ class Reflector:
         lister = self._listers[version]
         items: list[Obj] = []
         cont = ""
+        tokens: set[str] = set()
         while True:
             try:
                 resp = lister(limit=self.page_size, _continue=cont or None, _preload_content=False,
@@ -321,13 +345,40 @@ class Reflector:
                     raise _ContinueExpired(f"the list's continue token expired after {len(items)} objects "
                                            f"(410); listing again from the first page") from None
                 raise
-            data = json.loads(resp.data)
-            # matched and projected page by page: a list keeps no more than one page of whole objects
-            items += [self.resource.project(o) for o in data.get("items") or [] if self.resource.matches(o)]
-            md = data.get("metadata") or {}
-            cont = md.get("continue") or ""
+            page, cont, rv = self._page(resp.data, len(items))
+            items += page
             if not cont:
-                return items, md.get("resourceVersion", "")
+                return items, rv
+            if cont in tokens:
+                # a server (or something posing as one) answering every page with a token it gave
+                # before would hold this thread in a loop of pages, the items growing for ever
+                raise ValueError(f"{self.resource.name}: the list's continue token repeats after {len(items)} "
+                                 "objects (a server that pages in a loop)")
+            tokens.add(cont)
+
+    def _page(self, raw: bytes | str, before: int = 0) -> tuple[list[Obj], str, str]:
+        """One list page, decoded: (its items that match the selectors, projected; the continue
+        token, "" on the last page; the list's resourceVersion). A page that is not a list's
+        JSON, or an item that is not a whole object, is a ValueError naming it: the list fails
+        whole and is tried again, the cache keeping what it had."""
+        try:
+            data = json.loads(raw)
+        except RecursionError:
+            raise ValueError(f"{self.resource.name}: a list page nested too deeply to decode") from None
+        name = self.resource.name
+        if not isinstance(data, dict):
+            raise ValueError(f"{name}: a list page is a JSON {type(data).__name__}, not an object")
+        items = data.get("items") or []
+        md = data.get("metadata") or {}
+        if not isinstance(items, list) or not isinstance(md, dict):
+            raise ValueError(f"{name}: a list page's items is no list or its metadata no object")
+        cont, rv = md.get("continue") or "", md.get("resourceVersion", "")
+        if not isinstance(cont, str) or not isinstance(rv, str):
+            raise ValueError(f"{name}: a list page's metadata.continue or resourceVersion is no string")
+        for i, o in enumerate(items):
+            _check_object(o, f"{name}: list item {before + i}")
+        # matched and projected page by page: a list keeps no more than one page of whole objects
+        return [self.resource.project(o) for o in items if self.resource.matches(o)], cont, rv
 
     def _mark_missing(self) -> None:
         st = self.state
@@ -367,8 +418,7 @@ class Reflector:
                 if stop.is_set():
                     return
                 if line.strip():
-                    ev = json.loads(line)
-                    self._event(ev.get("type", ""), ev.get("object") or {})
+                    self._line(line)
             ended = True
         finally:
             self._resp = None
@@ -378,6 +428,30 @@ class Reflector:
                 # reads none and wait for its read timeout (KubeSource's stop waited 5 s a thread).
                 resp.close()
             resp.release_conn()
+
+    def _line(self, line: bytes | str) -> None:
+        """Apply one line of a watch: an event, decoded and checked. A line that is no event (not
+        JSON, not an object, a type that is no string, an object that is not a whole one: no
+        metadata, a name that is no string, a resourceVersion that is no string) is a ValueError
+        naming it, and changes nothing: the watch is opened again from the last resourceVersion
+        (after the backoff), as after any failed request."""
+        name = self.resource.name
+        try:
+            ev = json.loads(line)
+        except RecursionError:
+            raise ValueError(f"{name}: a watch event nested too deeply to decode") from None
+        if not isinstance(ev, dict):
+            raise ValueError(f"{name}: a watch event is a JSON {type(ev).__name__}, not an object")
+        etype, obj = ev.get("type", ""), ev.get("object") or {}
+        if not isinstance(etype, str) or not isinstance(obj, dict):
+            raise ValueError(f"{name}: a watch event's type is no string or its object no object: {str(ev)[:200]}")
+        if etype in (ADDED, MODIFIED, DELETED):
+            _check_object(obj, f"{name}: {etype} event")
+        elif etype == "BOOKMARK":
+            md = obj.get("metadata") or {}
+            if not isinstance(md, dict) or not isinstance(md.get("resourceVersion", ""), str):
+                raise ValueError(f"{name}: a BOOKMARK whose metadata.resourceVersion is no string")
+        self._event(etype, obj)
 
     def _event(self, etype: str, obj: Obj) -> None:
         name = self.resource.name

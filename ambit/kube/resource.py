@@ -74,6 +74,10 @@ class Resource:
             return obj
         md = obj.get("metadata") or {}
         data = obj.get("data") or {}
+        binary = obj.get("binaryData") or {}
+        if not isinstance(data, dict) or not isinstance(binary, dict):
+            # the server's JSON: a string here was indexed (TypeError) or read as its characters
+            raise ValueError(f"{self.name} {md.get('name')!r}: data or binaryData is no object")
         out: Obj = {k: obj[k] for k in ("apiVersion", "kind", "type") if k in obj}   # (a Secret's type)
         out["metadata"] = {k: md[k] for k in ("name", "namespace") if k in md}
         labels = {k: v for k, v in (md.get("labels") or {}).items() if k in self.kept_labels}
@@ -90,7 +94,7 @@ class Resource:
                     out["data"][k] = data[k]
                 else:
                     oversize[k] = size
-        others = sorted({*data, *(obj.get("binaryData") or {})} - set(self.data_keys) - set(self.bounded_keys))
+        others = sorted({*data, *binary} - set(self.data_keys) - set(self.bounded_keys))
         omitted: Obj = {}
         if oversize:
             omitted["oversize"] = oversize

@@ -413,7 +413,9 @@ class ConfigServer(config_pb2_grpc.ConfigServiceServicer):
             if req.HasField("error_detail"):
                 nack = sub.on_nack(req.response_nonce, req.error_detail.message, time.time())
                 if nack is not None:
-                    self._record_nack(sub, req.type_url, nack)
+                    # the type of the response the nonce names: the request's own type_url is the
+                    # client's word (any string: it went into the log line and the metric's labels)
+                    self._record_nack(sub, nack.type_url, nack)
             else:
                 sub.on_ack(req.response_nonce)
             return

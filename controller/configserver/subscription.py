@@ -38,6 +38,7 @@ class Nack:
     nonce: str
     message: str
     time: float
+    type_url: str = ""      # the type of the response rejected (the server's, not the NACK's word)
 
 
 @dataclass(frozen=True)
@@ -212,7 +213,8 @@ class Subscription:
             return None
         # The client's words go to the controller's log and to `ambit proxy-status`: made printable
         # and bounded, so a NACK can neither forge log lines nor hold megabytes per subscriber.
-        nack = Nack(inf.planned.system_version, nonce, printable(message, NACK_MESSAGE_MAX), now)
+        nack = Nack(inf.planned.system_version, nonce, printable(message, NACK_MESSAGE_MAX), now,
+                    inf.planned.type_url)
         ts = self.types.get(inf.planned.type_url)
         if ts is not None:
             ts.last_nack = nack

@@ -14,12 +14,45 @@ they wake a thread that does the writing."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from ambit.configclient.node import NodeInfo
+
+# How deep a proxy's JSON (a status report, a tap event) may nest. A report is a few levels deep;
+# one nested some hundreds of levels parsed, and then every `ambit proxy-status` failed to encode
+# it (RecursionError) for as long as the proxy kept reporting; one nested deeper failed to parse
+# with a RecursionError, which is no ValueError, out of the handler as an internal error.
+MAX_DEPTH = 32
+
+
+def nested_deeper(value: Any, limit: int = MAX_DEPTH) -> bool:
+    """Is the parsed JSON `value` nested more than `limit` levels (a scalar is none)? Iterative:
+    it must not recurse itself."""
+    stack = [(value, 1)]
+    while stack:
+        v, depth = stack.pop()
+        children = v.values() if isinstance(v, dict) else v if isinstance(v, list) else None
+        if children is None:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((c, depth + 1) for c in children)
+    return False
+
+
+def load_json(raw: bytes | str, limit: int = MAX_DEPTH) -> Any:
+    """A proxy's JSON document, or ValueError saying why not (not JSON, nested too deep)."""
+    try:
+        value = json.loads(raw)
+    except RecursionError:
+        raise ValueError(f"nested more than {limit} levels deep") from None
+    if nested_deeper(value, limit):
+        raise ValueError(f"nested more than {limit} levels deep")
+    return value
 
 
 def ingress_binds(state: dict[str, Any]) -> tuple[Any, ...]:

@@ -41,7 +41,7 @@ from controller.debug.feeds import FeedHub, control
 from controller.debug.proxystatus import proxy_status
 from controller.debug.readers import Forbidden, ReaderAuth, Unauthenticated
 from controller.debug.replicas import merge, pick_config
-from controller.debug.reports import ReportStore
+from controller.debug.reports import ReportStore, load_json
 from controller.debug.scrapemerge import merge_metrics, own_metrics
 from controller.debug.statusmerge import label_own, merge_status
 from controller.debug.tapmerge import TapMerge
@@ -163,7 +163,7 @@ class DebugServicer(debug_pb2_grpc.DebugServiceServicer):
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
                                 f"ProxyReport.state_json: {len(request.state_json)} bytes, over {MAX_REPORT}")
         try:
-            state = json.loads(request.state_json or b"{}")
+            state = load_json(request.state_json or b"{}")
             if not isinstance(state, dict):
                 raise ValueError("not a JSON object")
         except ValueError as e:
@@ -326,8 +326,8 @@ class DebugServicer(debug_pb2_grpc.DebugServiceServicer):
         events = []
         for raw in m.events_json[:MAX_UPLOAD_EVENTS]:
             try:
-                ev = json.loads(raw)
-            except ValueError:
+                ev = load_json(raw)
+            except ValueError:      # not JSON, or nested too deep to encode again for the readers
                 continue
             if isinstance(ev, dict):
                 events.append(ev)

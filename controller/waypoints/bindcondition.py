@@ -53,7 +53,8 @@ def unbound_entries(state: Mapping[str, Any]) -> list[Entry] | None:
         if (not isinstance(e, dict) or e.get("bound") is not False or type(port) is not int
                 or not 0 < port < 65536):
             continue
-        names = [n for n in e.get("listeners") or [] if isinstance(n, str) and _SECTION.fullmatch(n)]
+        given = e.get("listeners")
+        names = [n for n in given if isinstance(n, str) and _SECTION.fullmatch(n)] if isinstance(given, list) else []
         if names:
             listeners, err = by_port.setdefault(port, ([], _clean_error(e.get("error"))))
             listeners.extend(n for n in names if n not in listeners)

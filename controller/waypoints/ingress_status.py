@@ -83,7 +83,8 @@ def bind_failures(reports: Iterable[tuple[str, Mapping[str, Any]]]) -> dict[str,
             if not isinstance(e, dict) or e.get("bound") is not False or not isinstance(e.get("port"), int):
                 continue
             why = f"pod {pod}: {str(e.get('error') or 'not bound')[:MAX_ERROR]}"
-            for n in e.get("listeners") or []:
+            listeners = e.get("listeners")
+            for n in listeners if isinstance(listeners, list) else ():
                 if isinstance(n, str):
                     failing.setdefault(n, {}).setdefault(e["port"], []).append(why)
     out: dict[str, dict[int, str]] = {}

@@ -129,6 +129,8 @@ def provider(rule: JwtRule) -> Provider:
     except (ValueError, TypeError):
         return Provider(rule, (), "Jwks is not valid JSON")
     for k in raw if isinstance(raw, list) else []:
+        if not isinstance(k, dict):     # PyJWK raised AttributeError on it: the whole config failed to apply
+            continue
         try:
             jwk = jwt.PyJWK(k)
             keys.append(Key(_public(jwk.key), jwk.key_type, jwk.key_id, str(k.get("alg") or "")))

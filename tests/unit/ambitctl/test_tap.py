@@ -59,6 +59,22 @@ def test_filters(f: Filter, ev: dict[str, object], want: bool) -> None:
     assert event_matches(ev, f) is want
 
 
+@pytest.mark.parametrize("ev", [
+    {"type": "flow", "src": None, "layer": None},
+    {"type": "flow", "src": [1], "dst": "x", "status": "abc"},
+    {"type": "flow", "dst": {"namespace": None, "service": 5, "pod": 7, "workload": ["a"]}, "status": [503]},
+    {"type": "flow", "status": None, "layer": 4, "verdict": {"a": 1}},
+])
+def test_an_event_with_fields_of_the_wrong_type_never_matches_and_never_raises(ev: dict[str, object]) -> None:
+    """An event is a proxy's JSON (in a cluster it reaches the controller over the node's feed): a
+    null `layer`, a `src` that is a list, a `status` that is no number raised AttributeError,
+    TypeError or ValueError out of the controller's feed upload, ending that node's feed."""
+    for f in (Filter(layer="L7"), Filter(namespace="demo"), Filter(to="svc/echo"), Filter(from_="client"),
+              Filter(pod="p"), Filter(status="5xx"), Filter(verdict="denied")):
+        assert event_matches(ev, f) is False
+    assert event_matches({"type": "flow", "status": "503"}, Filter(status="5xx")) is True
+
+
 def test_status_spec_is_checked() -> None:
     assert validate_status("5xx,403") == "5xx,403"
     assert build_parser().parse_args(["tap"]).status == ""

@@ -377,6 +377,36 @@ def test_invalid_requests_end_the_stream_with_a_clear_error(first, detail):
     run(main())
 
 
+def test_a_nack_is_logged_and_counted_under_the_type_of_the_response_it_rejects(caplog):
+    """A NACK's own type_url is the client's word: it went into the controller's log line (a
+    newline in it forged a second line) and became a label of ambit_config_nacks_total (a new
+    series, of any size, per NACK). The NACK is recorded under the type of the response whose
+    nonce it names."""
+    async def main():
+        registry = CollectorRegistry()
+        srv = ConfigServer(registry=registry)
+        srv.update(base_state(), "v1")
+        port = await srv.start()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+                call = config_pb2_grpc.ConfigServiceStub(ch).DeltaStream()
+                await call.write(config_pb2.DeltaRequest(node=ZT.to_proto(), type_url=Workload.TYPE, subscribe=True))
+                resp = await asyncio.wait_for(call.read(), 10)
+                forged = "ambit.io/x\nWARNING forged line " + "y" * 10_000
+                await call.write(config_pb2.DeltaRequest(type_url=forged, response_nonce=resp.nonce,
+                                                         error_detail=config_pb2.ErrorDetail(message="bad")))
+                await eventually(lambda: any(t.last_nack for t in srv.status()[0].types), what="NACK recorded")
+                call.cancel()
+        finally:
+            await srv.stop(0)
+        assert registry.get_sample_value("ambit_config_nacks_total", {"type_url": Workload.TYPE, "kind": "ztunnel"}) == 1
+        labels = {s.labels.get("type_url") for m in registry.collect() for s in m.samples}
+        assert not any(t and "forged" in t for t in labels), "the NACK's type_url became a metric label"
+        (line,) = [r.getMessage() for r in caplog.records if "rejected" in r.getMessage()]
+        assert line == f"ztunnel/node-a rejected {Workload.TYPE} version v1: bad"
+    run(main())
+
+
 def test_update_from_another_thread_reaches_subscribers():
     async def main():
         srv = ConfigServer(registry=CollectorRegistry())

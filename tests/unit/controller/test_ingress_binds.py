@@ -87,6 +87,20 @@ def test_malformed_reports_are_skipped_and_many_pods_are_counted_not_listed() ->
     assert len(msg) < 5 * ingress_status.MAX_ERROR
 
 
+def test_an_ingress_report_whose_listeners_are_no_list_is_skipped() -> None:
+    """`listeners` is the proxy's JSON: a number there raised TypeError out of the pod condition
+    (the Report call, as an internal error) and out of the Gateway status rewrite of every Gateway
+    the replica writes; a string or an object was read as its characters or keys."""
+    from controller.waypoints.bindcondition import condition_of
+    for listeners in (5, "http", {"http": 1}, None, True):
+        state = {"ingress": [{"port": 80, "bound": False, "listeners": listeners, "error": "EADDRINUSE"},
+                             {"port": 81, "bound": False, "listeners": ["web"], "error": "EACCES"}]}
+        failures = ingress_status.bind_failures([("p-0", state)])
+        assert list(failures) == ["web"], listeners
+        cond = condition_of(state)
+        assert cond is not None and cond["message"] == "port 81 (web): EACCES", listeners
+
+
 def test_a_report_about_a_port_the_listener_no_longer_has_is_ignored() -> None:
     """The Gateway moved listener admin from 8080 to 8081; a report from before the change (the pod
     has not applied it yet) says nothing of 8081."""

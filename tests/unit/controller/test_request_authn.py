@@ -219,6 +219,32 @@ def test_a_garbled_answer_is_that_sources_failure_and_the_others_are_still_fetch
         nested.close()
 
 
+def test_a_fetched_key_set_keeps_only_usable_keys_and_logs_why_the_others_were_left_out(caplog) -> None:
+    """An identity provider's key set with a key that is no object (or whose kid is a number, or
+    whose modulus is no base64) was inlined as served: every waypoint then failed to build its
+    verifiers (PyJWK raised AttributeError) and NACKed the update. The controller leaves such keys
+    out, saying why; a set with no usable key keeps the last good one."""
+    from ambit.model import JwtRule
+    from waypoint.authn.jwt import provider
+
+    good = {**json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(rsa.generate_private_key(65537, 2048).public_key())),
+            "kid": "k1"}
+    served = [json.dumps({"keys": [5, {**good, "kid": 7}, {"kty": "RSA", "n": 5, "e": "AQAB", "kid": "bad\nkid"},
+                                   {"kty": "XYZ"}, good]}).encode(),
+              json.dumps({"keys": [5, {"kty": "RSA", "kid": "k2"}]}).encode()]
+    cache = JwksCache(get=lambda url, timeout: served.pop(0), refresh=0, retry=0)
+    assert cache.fetch("https://idp.example/keys", 1.0)
+    keys, error = cache.resolved()["https://idp.example/keys"]
+    assert json.loads(keys) == {"keys": [good]} and not error
+    (line,) = [r.getMessage() for r in caplog.records if "left out" in r.getMessage()]
+    assert line.isprintable() and "4 key(s) left out: keys[0]: a JSON int, not an object" in line
+    assert "keys[1]: kid is a JSON int, not a string" in line and "keys[2] (kid 'bad\\nkid')" in line
+    p = provider(JwtRule(issuer="https://idp.example", jwks=keys))
+    assert len(p.keys) == 1 and not p.error
+    assert not cache.fetch("https://idp.example/keys", 1.0)        # nothing usable: the last good set stays
+    assert cache.resolved()["https://idp.example/keys"] == (keys, "")
+
+
 def test_the_timeout_bounds_the_whole_fetch_not_each_read() -> None:
     """A server dripping its answer a byte at a time never let a read wait `timeout`, so the fetch
     (and the one refresher thread, every issuer's rotation) waited as long as the server liked."""

@@ -115,6 +115,40 @@ def test_reports_are_scoped_by_the_node_credential(tmp_path) -> None:
     asyncio.run(run())
 
 
+def test_a_report_nested_too_deep_is_refused_and_proxy_status_still_answers(tmp_path) -> None:
+    """A report nested 100,000 levels raised RecursionError (no ValueError) out of Report, an
+    internal error; one nested 900 levels was stored, and then every `ambit proxy-status` failed
+    to encode it for as long as the proxy kept reporting. Both are refused, naming the bound."""
+    from controller.configserver.server import _Stream
+    from controller.configserver.subscription import Subscription
+
+    async def run() -> None:
+        server, debug, port, n1, _ = await _serve(tmp_path)
+        debug.config._register(_Stream(Subscription(ZT, "peer", 0.0)))
+        creds = (("authorization", f"Bearer {n1}"), ("x-ambit-node", "n1"))
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+                stub = debug_pb2_grpc.DebugServiceStub(ch)
+                for depth in (100_000, 900, 33):
+                    deep = ('{"x": ' + "[" * depth + "]" * depth + "}").encode()
+                    with pytest.raises(grpc.aio.AioRpcError) as e:
+                        await stub.Report(debug_pb2.ProxyReport(node=ZT.to_proto(), version="1", state_json=deep),
+                                          metadata=creds)
+                    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (depth, e.value.details())
+                    assert "nested more than 32 levels deep" in e.value.details()
+                ok = {"a": [[[{"b": 1}]]]}
+                await stub.Report(debug_pb2.ProxyReport(node=ZT.to_proto(), version="1",
+                                                        state_json=json.dumps(ok).encode()), metadata=creds)
+                token = (tmp_path / "t").read_text().strip()
+                resp = await stub.ProxyStatus(debug_pb2.ProxyStatusRequest(),
+                                              metadata=(("authorization", f"Bearer {token}"),))
+                (row,) = resp.proxies
+                assert json.loads(row.report_json) == ok
+        finally:
+            await server.stop(None)
+    asyncio.run(run())
+
+
 def test_proxy_status_over_grpc_tells_synced_from_nack(tmp_path) -> None:
     """Two real config-stream clients: one applies everything, one rejects every update. The
     debug API says SYNCED for the first and NACK (with the client's reason) for the second."""

@@ -411,3 +411,72 @@ def test_a_reflector_stopped_while_opening_its_watch_leaves_the_client_usable(em
     resp = pool.request("GET", f"{emu.url}/api/v1/namespaces/demo/pods", retries=False,
                         timeout=urllib3.Timeout(connect=5, read=5))   # on the watch's connection: ReadTimeoutError
     assert resp.status == 200 and json.loads(resp.data)["items"] == []
+
+
+def _page_body(items: list[dict[str, Any]], cont: str = "", rv: str = "5") -> bytes:
+    return json.dumps({"kind": "PodList", "apiVersion": "v1", "metadata": {"resourceVersion": rv, "continue": cont},
+                       "items": items}).encode()
+
+
+def test_a_list_whose_continue_token_repeats_fails_instead_of_paging_for_ever(emu: KubeEmulator, reflect) -> None:
+    """A server (or something posing as one) that answers every page with the same continue token
+    held the reflector's thread in a loop of pages, its items growing without end. The repeat is a
+    failure of that list, retried after the backoff; the cache keeps what it had."""
+    fault = emu.inject(Fault(path="/pods", watch=False, body=_page_body([pod("a")], cont="again")))
+    r = reflect(PODS)
+    until(lambda: r.st.reconnects >= 2, "the looping list to be retried")
+    assert "continue token repeats" in r.st.last_error and not r.st.synced and r.st.objects == {}
+    assert fault.hits >= 4 and fault.hits <= 2 * (r.st.reconnects + 1), "each list stops at the repeat"
+    emu.clear_faults()
+    emu.create(pod("b"))
+    until(lambda: r.st.synced and r.names() == {"b"}, "the list once the server pages properly")
+
+
+@pytest.mark.parametrize("obj, why", [
+    ({"metadata": {"namespace": "demo"}}, "metadata.name is missing"),
+    ({"metadata": {"name": 5, "namespace": "demo"}}, "metadata.name is missing or no string"),
+    ({"metadata": {"name": "x", "namespace": ["demo"]}}, "namespace or resourceVersion is no string"),
+    ({"metadata": {"name": "x", "namespace": "demo", "resourceVersion": [9]}}, "resourceVersion is no string"),
+    ({"metadata": [1]}, "metadata is missing or no object"),
+    ({"metadata": {"name": "x", "labels": {"app": 1}}}, "metadata.labels is no object of strings"),
+])
+def test_a_watch_event_that_is_no_whole_object_changes_nothing(emu: KubeEmulator, reflect, obj, why) -> None:
+    """A nameless object was kept under `demo/` (and the next nameless one replaced it), a name
+    that is a number under `demo/5`, a resourceVersion that is a list was sent on the next watch.
+    The event is refused naming the field, the cache and the resourceVersion stay, and the watch is
+    opened again from that resourceVersion."""
+    emu.create(pod("a"))
+    r = reflect(PODS)
+    until(lambda: r.st.synced and r.st.watches >= 1, "the first watch")
+    rv = r.st.resource_version
+    line = json.dumps({"type": "ADDED", "object": {"apiVersion": "v1", "kind": "Pod", **obj}}).encode() + b"\n"
+    emu.inject(Fault(path="/pods", watch=True, body=line, times=1))
+    emu.drop_watches()
+    until(lambda: why in r.st.last_error, "the event refused")
+    assert set(r.st.objects) == {"demo/a"} and r.st.resource_version == rv
+    assert all(c.type == LISTED for c in r.changes)
+    emu.create(pod("b"))
+    until(lambda: r.names() == {"a", "b"}, "the watch going on from the same resourceVersion")
+
+
+def test_odd_error_and_projected_bodies_are_refused_as_watch_errors() -> None:
+    """An ERROR event whose `details` is no object raised AttributeError (a relist with a stack
+    trace in the log); a projected ConfigMap whose `data` is a string raised TypeError, or (in
+    binaryData) was read as its characters, kept as key names."""
+    from ambit.kube.reflector import _Gone
+    cms = Resource("", ("v1",), "configmaps", "ConfigMap", True, data_keys=("ca.crt",))
+    client = make_api_client("http://127.0.0.1:9")
+    try:
+        rf = Reflector(client, cms)
+        with pytest.raises(ValueError, match="watch error"):
+            rf._line(json.dumps({"type": "ERROR", "object": {"code": 504, "details": True}}))
+        with pytest.raises(_Gone):
+            rf._line(json.dumps({"type": "ERROR", "object": {"code": 504, "details": {
+                "causes": [{"reason": "ResourceVersionTooLarge"}]}}}))
+        for field in ("data", "binaryData"):
+            cm = {"metadata": {"name": "c", "namespace": "demo"}, field: "ca.crt xyz"}
+            with pytest.raises(ValueError, match="data or binaryData is no object"):
+                rf._line(json.dumps({"type": "ADDED", "object": cm}))
+        assert rf.state.objects == {}
+    finally:
+        client.close()

@@ -78,6 +78,17 @@ def test_a_valid_token_in_the_query_is_removed_from_it_before_forwarding() -> No
     assert run(head(path=f"/x?my_token={tok}&access_token=keep"), mine).path == "/x?access_token=keep"
 
 
+def test_a_key_that_is_no_object_is_skipped_and_the_others_verify() -> None:
+    """A key set whose `keys` holds a number, a string, a list or null (an inline `jwks`, or an
+    identity provider's answer from before the controller left such keys out) made PyJWK raise
+    AttributeError: the waypoint's whole config failed to apply and was NACKed."""
+    keys = json.loads(JWKS)["keys"]
+    r = rule(jwks=json.dumps({"keys": [5, "rsa1", [1], None, *keys]}))
+    (p,) = providers([r])
+    assert len(p.keys) == 2 and not p.error
+    assert run(head(bearer(token())), r).reply is None
+
+
 def test_no_token_passes_unauthenticated() -> None:
     out = run(head(("x-other", "1")))
     assert (out.reply, out.user) == (None, None)
