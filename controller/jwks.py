@@ -60,7 +60,7 @@ def usable_keys(text: str) -> tuple[str, list[str]]:
         raise ValueError('must be a JSON Web Key Set: an object with a non-empty "keys" list')
     kept, skipped = [], []
     for i, key in enumerate(data["keys"]):
-        why = _key_problem(jwt, key)
+        why = key_problem(jwt, key)
         if why:
             kid = key.get("kid") if isinstance(key, dict) else None
             skipped.append(f"keys[{i}]" + (f" (kid {kid[:64]!r})" if isinstance(kid, str) else "") + f": {why}")
@@ -75,7 +75,7 @@ def usable_keys(text: str) -> tuple[str, list[str]]:
     return json.dumps({**data, "keys": kept}, separators=(",", ":")), skipped
 
 
-def _key_problem(jwt: Any, key: Any) -> str:
+def key_problem(jwt: Any, key: Any) -> str:
     """Why a waypoint could not verify with `key` ("" if it can)."""
     if not isinstance(key, dict):
         return f"a JSON {type(key).__name__}, not an object"

@@ -136,8 +136,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body)))
         self._headers_buffer.append(b"\r\n" + body)     # what end_headers() appends, and the body
-        self.flush_headers()
+        # noted before the write: the client may send its next request (or another client connect,
+        # making room by eviction) as soon as it has the answer, before this thread runs again
         self.server.progressed(self.request)
+        self.flush_headers()
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - http.server's name; quiet
         pass

@@ -76,7 +76,12 @@ class FeedHub:
     def deliver(self, f: Feed, events: list[Event], dropped: int) -> None:
         """Hand a feed's upload to every reader whose filter matches; never waits."""
         for ev in events:
-            ev.setdefault("source", f.key)
+            src = ev.get("source")
+            # a proxy names itself ("waypoint/<gw>", its feed's key without the pod); a name that is
+            # not its own (another node's) is replaced by the feed's key: a node cannot pass its
+            # flows off as another proxy's in `ambit tap`
+            if not (type(src) is str and (src == f.key or f.key.startswith(src + "/"))):
+                ev["source"] = f.key
             for r in self.readers:
                 if event_matches(ev, r.filter):
                     r.sub.offer(ev)

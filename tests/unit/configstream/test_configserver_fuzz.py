@@ -62,7 +62,7 @@ from controller.configserver.scope import scope
 from .helpers import authz, peerauthn, service, workload
 
 UNIT_EXAMPLES = 120
-LONG_EXAMPLES = int(os.environ.get("AMBIT_FUZZ_EXAMPLES", "3000"))
+LONG_EXAMPLES = int(os.environ.get("AMBIT_FUZZ_EXAMPLES", "500"))   # (bounded: the unit suite runs it)
 
 WA1, WA2 = workload("a1", "node-a", ns="demo", ip="10.0.1.1"), workload("a2", "node-a", ns="demo", ip="10.0.1.2")
 WB1 = workload("b1", "node-b", ns="other", ip="10.0.2.1", waypoint="other/gw")

@@ -82,7 +82,7 @@ from waypoint.authz import Waypoint
 from ztunnel import meshstate
 
 UNIT_EXAMPLES = 100
-LONG_EXAMPLES = int(os.environ.get("AMBIT_FUZZ_EXAMPLES", "200"))
+LONG_EXAMPLES = int(os.environ.get("AMBIT_FUZZ_EXAMPLES", "100"))   # (bounded: the unit suite runs it)
 STEP_LIMIT = 5.0        # seconds any one step may take before it counts as a hang
 
 SHARED = Path(__file__).resolve().parents[4] / "shared"

@@ -63,6 +63,11 @@ def test_istios_documented_shape_is_accepted() -> None:
     ({"issuer": "i", "jwksUri": "ftp://x/keys"}, "spec.jwtRules[0].jwksUri", "must be an http:// or https:// URL"),
     ({"issuer": "i", "jwks": "{not json"}, "spec.jwtRules[0].jwks", "must be a JSON Web Key Set (JSON)"),
     ({"issuer": "i", "jwks": '{"keys": []}'}, "spec.jwtRules[0].jwks", 'non-empty "keys" list'),
+    # a key a waypoint cannot use, beside a good one: every waypoint NACKed the update
+    ({"issuer": "i", "jwks": json.dumps({"keys": [5, json.loads(KEYS)["keys"][0]]})}, "spec.jwtRules[0].jwks",
+     "keys[0] is no key usable for verification: a JSON int, not an object"),
+    ({"issuer": "i", "jwks": json.dumps({"keys": [{**json.loads(KEYS)["keys"][0], "kid": 7}]})},
+     "spec.jwtRules[0].jwks", "keys[0] is no key usable for verification: kid is a JSON int, not a string"),
     ({"issuer": "i", "fromHeaders": [{"name": "bad header"}]}, "spec.jwtRules[0].fromHeaders[0].name",
      "must be an HTTP header name"),
     ({"issuer": "i", "presence": "REQUIRED"}, "spec.jwtRules[0].presence", "not supported by Ambit yet"),
