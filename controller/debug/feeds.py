@@ -33,7 +33,7 @@ MAX_READERS = 16
 class Feed:
     """One proxy's open feed: `changed` wakes its sender when the filters change or a scrape is due."""
 
-    key: str                                   # the proxy, "ztunnel/<node>" or "waypoint/<gw>/<pod>"
+    key: str                                   # the proxy, "ztunnel/<node>" or "waypoint/<ns>/<gw>@<pod>"
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     scrape: int = 0                            # the scrape id to send (0: none)
     dropped: int = 0                           # flows the proxy dropped in total (its queue was full)
@@ -77,10 +77,10 @@ class FeedHub:
         """Hand a feed's upload to every reader whose filter matches; never waits."""
         for ev in events:
             src = ev.get("source")
-            # a proxy names itself ("waypoint/<gw>", its feed's key without the pod); a name that is
-            # not its own (another node's) is replaced by the feed's key: a node cannot pass its
-            # flows off as another proxy's in `ambit tap`
-            if not (type(src) is str and (src == f.key or f.key.startswith(src + "/"))):
+            # a proxy names itself (a waypoint "waypoint/<ns>/<gw>": its feed's key without "@<pod>");
+            # a name that is not its own (another node's) is replaced by the feed's key: a node
+            # cannot pass its flows off as another proxy's in `ambit tap`
+            if not (type(src) is str and (src == f.key or f.key.startswith(src + "@"))):
                 ev["source"] = f.key
             for r in self.readers:
                 if event_matches(ev, r.filter):

@@ -160,12 +160,12 @@ def test_closing_the_hub_ends_a_proxys_feed_stream() -> None:
 
 
 def test_a_proxy_cannot_pass_its_flows_off_as_another_proxys() -> None:
-    """A flow's `source` is the proxy's own name (its feed's key, or that key without the pod, as a
+    """A flow's `source` is the proxy's own name (its feed's key, or that key without "@<pod>", as a
     waypoint names itself); another proxy's name, or none, is replaced by the feed's key."""
     async def main() -> None:
         hub = FeedHub(queue_size=10)
         node = hub.open_feed("ztunnel/n1")
-        wp = hub.open_feed("waypoint/demo/waypoint/waypoint-0")
+        wp = hub.open_feed("waypoint/demo/waypoint@waypoint-0")
         r = hub.add_reader(Filter())
         assert r is not None
         hub.deliver(node, [{**flow("demo", 200), "source": "ztunnel/n2"}, {**flow("demo", 200), "source": 5},
@@ -173,6 +173,6 @@ def test_a_proxy_cannot_pass_its_flows_off_as_another_proxys() -> None:
         hub.deliver(wp, [{**flow("demo", 200), "source": "waypoint/demo/waypoint"},
                          {**flow("demo", 200), "source": "waypoint/demo/other"}], dropped=0)
         assert [e["source"] for e in r.sub.drain()] == ["ztunnel/n1"] * 4 + [
-            "waypoint/demo/waypoint", "waypoint/demo/waypoint/waypoint-0"]
+            "waypoint/demo/waypoint", "waypoint/demo/waypoint@waypoint-0"]
 
     asyncio.run(main())
