@@ -30,7 +30,15 @@ from controller.translate.autoalloc import Allocation
 from controller.translate.blame import blame
 from controller.translate.distribution import traffic_distribution
 from controller.translate.entrypods import EntryPods, entry_selector, pod_endpoint
-from controller.translate.index import Index, labels_of, name_of, namespace_waypoint, ns_of, waypoint_ref
+from controller.translate.index import (
+    Index,
+    age_key,
+    labels_of,
+    name_of,
+    namespace_waypoint,
+    ns_of,
+    waypoint_ref,
+)
 from controller.translate.workloads import port_protocol
 from controller.validation import FieldError
 
@@ -85,8 +93,8 @@ def _address_conflicts(se: Obj, taken: dict[str, str]) -> list[FieldError]:
 
 def _host_conflicts(se: Obj, held: dict[str, str]) -> list[FieldError]:
     """A host of the entry whose registry Service (named `ns/host`) another Service of its
-    namespace already is: a Kubernetes Service of that name, or an earlier entry's host (by
-    namespace and name). Two Services of one name cannot both be served."""
+    namespace already is: a Kubernetes Service of that name (it comes first, as in Istio, so an
+    entry cannot squat a Service's name), or an older entry's host. Two Services of one name cannot both be served."""
     out = []
     ns = ns_of(se)
     for i, h in enumerate((se.get("spec") or {}).get("hosts") or []):
@@ -101,8 +109,9 @@ def _host_conflicts(se: Obj, held: dict[str, str]) -> list[FieldError]:
 def translate_service_entries(idx: Index, services: list[Service], errors: list[FieldError],
                               allocation: Allocation | None = None) -> list[Service]:
     """The registry Services of every ServiceEntry. An entry with an address that is already
-    another Service's VIP (or an earlier entry's, by namespace and name) is not applied at all and
-    reported: ztunnel could not tell which one a connection to it means, and an entry applied
+    another Service's VIP (or an older entry's: creationTimestamp, then namespace and name, as
+    Istio's registry lets the oldest keep a host, so a new entry cannot take one from a running
+    entry) is not applied at all and reported: ztunnel could not tell which one a connection to it means, and an entry applied
     without one of its addresses would be half-applied. One verdict everywhere: `ambit apply`
     refuses it, the controller leaves it out and writes Accepted=False on it (controller.sources.kube).
     `allocation`: the auto-allocated VIPs of entries without `addresses` (never an address another
@@ -114,8 +123,8 @@ def translate_service_entries(idx: Index, services: list[Service], errors: list[
     for key, vips in auto.items():
         for vip in vips.values():
             taken[vip] = f"ServiceEntry {key[0]}/{key[1]}"
-    out = []
-    for se in sorted(idx.kind("ServiceEntry"), key=lambda o: (ns_of(o), name_of(o))):
+    out: list[tuple[tuple[str, str], Service]] = []
+    for se in sorted(idx.kind("ServiceEntry"), key=age_key):      # the oldest keeps an address or host
         with blame(se):
             spec, ns = se.get("spec") or {}, ns_of(se)
             conflicts = _address_conflicts(se, taken) + _host_conflicts(se, held)
@@ -153,7 +162,7 @@ def translate_service_entries(idx: Index, services: list[Service], errors: list[
                 mine = addresses if i == 0 else []      # an address means one host to ztunnel: the first
                 if not addresses and host in auto.get((ns, name_of(se)), {}):
                     mine = [auto[(ns, name_of(se))][host]]      # auto-allocated: each host its own
-                out.append(Service(
+                out.append(((ns, name_of(se)), Service(
                     name=host, namespace=ns, hostname=host,
                     vips=[a.split("/")[0] for a in mine if not _is_subnet(a)],
                     subnets=[a for a in mine if _is_subnet(a)],
@@ -163,8 +172,8 @@ def translate_service_entries(idx: Index, services: list[Service], errors: list[
                     export_to=export_to(spec, ns),
                     traffic_distribution="" if resolution == "NONE" else
                     traffic_distribution(se, idx.namespaces.get(ns), spec_field=False),
-                ))
-    return out
+                )))
+    return [svc for _, svc in sorted(out, key=lambda t: t[0])]     # (by namespace and name, as before)
 
 
 def selecting(entries: list[Service]) -> list[Service]:

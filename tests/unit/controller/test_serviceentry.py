@@ -244,6 +244,26 @@ def test_an_entry_whose_host_names_a_service_of_its_namespace_already_is_not_app
          "applied (none of it)")]
 
 
+def test_the_oldest_entry_keeps_a_host_or_address_a_newer_one_names_too() -> None:
+    """As Istio's registry (push_context.go: "pick the first Service, which is the oldest ... newly
+    created Services cannot take ownership unexpectedly"): an entry created later is the one left
+    out, whatever its name, so applying a new entry never takes a host or an address from one in
+    force. Names decide only between entries of one creation time."""
+    port = [{"number": 80, "name": "http", "protocol": "HTTP"}]
+    old = se({"hosts": ["b.example"], "addresses": ["192.0.2.7"], "ports": port}, name="zz-old")
+    new = se({"hosts": ["b.example"], "ports": port, "resolution": "DNS"}, name="aa-new")
+    newer = se({"hosts": ["c.example"], "addresses": ["192.0.2.7"], "ports": port}, name="ab-newer")
+    old["metadata"]["creationTimestamp"] = "2026-01-01T00:00:00Z"
+    new["metadata"]["creationTimestamp"] = "2026-06-01T00:00:00Z"
+    newer["metadata"]["creationTimestamp"] = "2026-06-01T01:00:00+00:00"
+    tr = translate([new, newer, old])
+    assert [s.resource_name for s in tr.services if s.kind == "ServiceEntry"] == ["demo/b.example"]
+    assert [(e.ref, e.path) for e in tr.errors] == [("ServiceEntry/demo/aa-new", "spec.hosts[0]"),
+                                                    ("ServiceEntry/demo/ab-newer", "spec.addresses[0]")]
+    assert "a host of ServiceEntry demo/zz-old" in tr.errors[0].reason
+    assert "ServiceEntry demo/zz-old" in tr.errors[1].reason
+
+
 def test_a_host_listed_twice_in_one_entry_is_one_host() -> None:
     """Found by the fuzzer too: the same host twice in `hosts` (Istio accepts it) made two
     registry Services of one name, and the config server refused the snapshot."""
