@@ -80,7 +80,7 @@ def _endpoint(e: Obj, ports: list[ServicePort]) -> Endpoint:
 
 
 def _address_conflicts(se: Obj, taken: dict[str, str]) -> list[FieldError]:
-    """An address of the entry that is already another Service's VIP (or an earlier entry's)."""
+    """An address of the entry that is already another Service's VIP (or an older entry's)."""
     out = []
     for i, a in enumerate((se.get("spec") or {}).get("addresses") or []):
         vip = a if _is_subnet(a) else a.split("/")[0]
