@@ -227,8 +227,12 @@ def test_a_failing_source_still_serves_ztunnels_metrics_and_counts_why(status: i
 
 
 def test_an_agent_that_is_down_leaves_ztunnels_metrics_and_counts_unreachable() -> None:
-    merger = MetricsMerger(parse_source(f"http://127.0.0.1:{free_port()}/metrics"))
-    with on_loop(MetricsServer(ztunnel_metrics(), merger)) as (zport, _):
+    # a port bound and not listening, held for the test: connecting is refused. (A free port, closed
+    # again, could be another test's listener by the time it was dialled: a timeout, not refused.)
+    down = socket.socket()
+    down.bind(("127.0.0.1", 0))
+    merger = MetricsMerger(parse_source(f"http://127.0.0.1:{down.getsockname()[1]}/metrics"))
+    with down, on_loop(MetricsServer(ztunnel_metrics(), merger)) as (zport, _):
         code, text = scrape(zport)
     assert code == 200 and sample(text, "ambit_metrics_merge_failures_total", reason="unreachable") == 1.0
     assert "istio_tcp_connections_opened_total{" in text
