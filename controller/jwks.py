@@ -30,6 +30,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ambit.jwk import public_members
 from controller.validation import printable
 
 log = logging.getLogger("ambit.controller.jwks")
@@ -46,7 +47,7 @@ def usable_keys(text: str) -> tuple[str, list[str]]:
     or kty is no string, or that PyJWT cannot build (a key type it does not know, a malformed
     modulus, an EC point off its curve) is left out, with the reason. Passed on, a key that is no
     object made every waypoint's RequestAuthentication fail to apply (PyJWK raised AttributeError)
-    and NACK the update. The document is returned as served when every key is usable. ValueError
+    and NACK the update. The document is returned as served when every key is usable and public. ValueError
     when it is no key set or has no usable key: the last good key set then stays."""
     import jwt
 
@@ -65,14 +66,18 @@ def usable_keys(text: str) -> tuple[str, list[str]]:
             kid = key.get("kid") if isinstance(key, dict) else None
             skipped.append(f"keys[{i}]" + (f" (kid {kid[:64]!r})" if isinstance(kid, str) else "") + f": {why}")
         else:
-            kept.append(key)
+            kept.append(public_members(key))     # (what the waypoints get: the public half)
     if not kept:
         raise ValueError(f"has no key usable for verification ({'; '.join(skipped[:MAX_SKIPPED_LOGGED])}"
                          + (f"; and {len(skipped) - MAX_SKIPPED_LOGGED} more" if len(skipped) > MAX_SKIPPED_LOGGED
                             else "") + ")")
-    if not skipped:
+    if not skipped and all(k is orig for k, orig in zip(kept, data["keys"], strict=True)):
         return text, []
     return json.dumps({**data, "keys": kept}, separators=(",", ":")), skipped
+
+
+MAX_RSA_BITS = 16384        # (RFC 7518 asks 2048 at least; none uses more than 8192)
+MAX_RSA_MODULUS_B64 = (MAX_RSA_BITS // 8 * 4 + 2) // 3     # base64url characters, unpadded
 
 
 def key_problem(jwt: Any, key: Any) -> str:
@@ -82,8 +87,11 @@ def key_problem(jwt: Any, key: Any) -> str:
     for name in ("kty", "kid", "alg", "use"):
         if name in key and not isinstance(key[name], str):
             return f"{name} is a JSON {type(key[name]).__name__}, not a string"
+    n = key.get("n")
+    if isinstance(n, str) and len(n) > MAX_RSA_MODULUS_B64:
+        return f"an RSA modulus over {MAX_RSA_BITS} bits"
     try:
-        jwt.PyJWK(key)
+        jwt.PyJWK(public_members(key))
     except Exception as e:  # noqa: BLE001 - whatever PyJWT makes of the provider's key: that key's problem
         return printable(f"{type(e).__name__}: {e}", 200)
     return ""

@@ -56,6 +56,7 @@ from typing import Any
 from urllib.parse import unquote_plus
 
 from ambit.httpfields import wire_value
+from ambit.jwk import public_members
 from ambit.jwtclaims import DEFAULT_SPACE_DELIMITED, space_delimited
 from ambit.model import JwtRule
 from waypoint.localreply import GRPC_UNAUTHENTICATED, local_reply
@@ -132,7 +133,7 @@ def provider(rule: JwtRule) -> Provider:
         if not isinstance(k, dict):     # PyJWK raised AttributeError on it: the whole config failed to apply
             continue
         try:
-            jwk = jwt.PyJWK(k)
+            jwk = jwt.PyJWK(public_members(k))      # (as Envoy: a private part is not read)
             keys.append(Key(_public(jwk.key), jwk.key_type, jwk.key_id, str(k.get("alg") or "")))
         except (jwt.PyJWKError, jwt.PyJWKSetError, ValueError, TypeError, KeyError, jwt.InvalidKeyError):
             continue                    # a key PyJWT cannot use is skipped, as Envoy skips it

@@ -68,6 +68,8 @@ def test_istios_documented_shape_is_accepted() -> None:
      "keys[0] is no key usable for verification: a JSON int, not an object"),
     ({"issuer": "i", "jwks": json.dumps({"keys": [{**json.loads(KEYS)["keys"][0], "kid": 7}]})},
      "spec.jwtRules[0].jwks", "keys[0] is no key usable for verification: kid is a JSON int, not a string"),
+    ({"issuer": "i", "jwks": json.dumps({"keys": [{**json.loads(KEYS)["keys"][0], "n": "_" * 3000}]})},
+     "spec.jwtRules[0].jwks", "keys[0] is no key usable for verification: an RSA modulus over 16384 bits"),
     ({"issuer": "i", "fromHeaders": [{"name": "bad header"}]}, "spec.jwtRules[0].fromHeaders[0].name",
      "must be an HTTP header name"),
     ({"issuer": "i", "presence": "REQUIRED"}, "spec.jwtRules[0].presence", "not supported by Ambit yet"),
@@ -280,3 +282,19 @@ def test_openid_discovery_reads_http_urls_only(tmp_path: Any) -> None:
     cache.fetch(f"oidc:file://{tmp_path}", 1.0)
     keys, error = cache.resolved()[f"oidc:file://{tmp_path}"]
     assert keys == "" and "is not an http(s) URL" in error
+
+
+def test_a_key_with_a_private_part_is_used_by_its_public_members_only() -> None:
+    """Found by test_jwks_fuzz: an RSA JWK with a crafted `d` made PyJWT recover the key's primes
+    from n, e and d, seconds of CPU in the controller's validation and refresh (and in every
+    waypoint). As Envoy, only the public members are read: the key is accepted, fast, and what is
+    inlined for the waypoints carries no private part."""
+    from controller.jwks import usable_keys
+    from controller.kinds.security import jwks_problem
+
+    pub = json.loads(KEYS)["keys"][0]
+    crafted = {**pub, "n": "_" * 2700, "d": "AQAB"}     # n, e and d of no RSA key: recovering primes spun
+    assert jwks_problem(json.dumps({"keys": [crafted]})) is None     # its public members are a key
+    text, skipped = usable_keys(json.dumps({"keys": [{**pub, "d": "AQAB", "p": "AQAB"}, crafted]}))
+    assert json.loads(text)["keys"] == [pub, {**pub, "n": "_" * 2700}] and skipped == []
+    assert jwks_problem(json.dumps({"keys": [{**pub, "d": "AQAB"}]})) is None
