@@ -86,7 +86,9 @@ class Watch:
     """Every started connection of one event loop, looked at every `settings.interval`."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, settings: Liveness) -> None:
-        self.loop = loop
+        # weakly: `_watches` holds the Watch for as long as its loop lives, which a strong
+        # reference from the Watch back to its key would make for ever (a leak per closed loop)
+        self._loop = weakref.ref(loop)
         self.settings = settings
         # connection -> [reads at the last look, when its unanswered PING went out or None]
         self._state: dict[HBONEProtocol, list] = {}
@@ -95,14 +97,17 @@ class Watch:
     def add(self, proto: HBONEProtocol) -> None:
         self._state[proto] = [proto.reads, None]
         if self._timer is None:
-            self._timer = self.loop.call_later(self.settings.interval, self._look)
+            self._timer = proto.loop.call_later(self.settings.interval, self._look)
 
     def discard(self, proto: HBONEProtocol) -> None:
         self._state.pop(proto, None)
 
     def _look(self) -> None:
         self._timer = None
-        now = self.loop.time()
+        loop = self._loop()
+        if loop is None:
+            return
+        now = loop.time()
         timeout = self.settings.timeout
         for proto, state in list(self._state.items()):
             if proto.lost:
@@ -120,4 +125,4 @@ class Watch:
                             proto.peer_identity or "a peer", timeout, len(proto.streams))
                 proto.abort(f"the peer answered no PING in {timeout:g}s")
         if self._state and self.settings.enabled:
-            self._timer = self.loop.call_later(self.settings.interval, self._look)
+            self._timer = loop.call_later(self.settings.interval, self._look)
