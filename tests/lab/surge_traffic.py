@@ -52,9 +52,38 @@ def long_lived(host: str, port: int, stop: threading.Event) -> None:
         stop.wait(0.2)
 
 
-def start(lab, host: str = "echo.demo.svc.cluster.local", port: int = 8080):  # noqa: ANN001, ANN201
-    """(In the test process) run this script in the lab's demo/client pod; returns the Popen once
-    the script says it is ready. Stop it with `communicate(input="")`."""
+class Running:
+    """The script running in its pod. Its output is read as it comes: undrained, the pipe fills
+    after about 40 s of requests, the script blocks in print and stops making connections (a test
+    that waited long for the lab then saw none after its fault)."""
+
+    def __init__(self, p) -> None:  # noqa: ANN001 - a subprocess.Popen
+        self.p = p
+        self.out: list[str] = []
+        self.err: list[str] = []
+        self.readers = [threading.Thread(target=self._read, args=(f, into), daemon=True)
+                        for f, into in ((p.stdout, self.out), (p.stderr, self.err))]
+        for r in self.readers:
+            r.start()
+
+    @staticmethod
+    def _read(f, into: list[str]) -> None:  # noqa: ANN001 - a text pipe
+        for line in f:
+            into.append(line)
+
+    def communicate(self, input: str = "", timeout: float = 30) -> tuple[str, str]:  # noqa: A002 - Popen's name
+        """Stop the script (EOF on its stdin) and return (its stdout, its stderr), as Popen's."""
+        self.p.stdin.write(input)
+        self.p.stdin.close()
+        self.p.wait(timeout)
+        for r in self.readers:
+            r.join(timeout)
+        return "".join(self.out), "".join(self.err)
+
+
+def start(lab, host: str = "echo.demo.svc.cluster.local", port: int = 8080) -> Running:  # noqa: ANN001
+    """(In the test process) run this script in the lab's demo/client pod; returns it once the
+    script says it is ready. Stop it with `communicate(input="")`."""
     import subprocess
 
     from tests.lab.labctl import REPO
@@ -65,7 +94,7 @@ def start(lab, host: str = "echo.demo.svc.cluster.local", port: int = 8080):  # 
     if not line or json.loads(line) != {"ready": True}:
         p.kill()
         raise AssertionError(f"traffic did not start: {line!r} {p.stderr.read()}")
-    return p
+    return Running(p)
 
 
 def main() -> None:

@@ -65,7 +65,7 @@ def test_two_workers_share_the_node_and_a_killed_one_loses_no_new_connection(fre
         lines, err = traffic.communicate(input="", timeout=30)
     short = [r for r in (json.loads(x) for x in lines.splitlines() if x.strip()) if r["kind"] == "short"]
     after = [r for r in short if r["t"] >= dead_at]
-    assert after, "no new connection was made after the kill"
+    assert after, ("no new connection was made after the kill", dead_at, short[-3:], err[-2000:])
     # Connections the killed worker was serving die with it; every one opened after it died succeeds.
     failed = [r for r in after if not r["ok"]]
     assert failed == [], failed[:5]
