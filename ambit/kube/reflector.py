@@ -50,7 +50,6 @@ from typing import Any
 import urllib3
 from kubernetes import client as kclient
 from kubernetes.client.exceptions import ApiException
-from kubernetes.watch.watch import iter_resp_lines
 
 from ambit.backoff import Attempts, Backoff
 from ambit.kube.resource import Obj, Resource
@@ -59,6 +58,30 @@ LISTED = "LISTED"           # Change.type after a (re)list: `objects` is the who
 ADDED, MODIFIED, DELETED = "ADDED", "MODIFIED", "DELETED"
 
 Lister = Callable[..., Any]     # a typed API's list_* method, or CustomObjectsApi's, bound to a version
+
+# The longest watch line (one event) read before the watch is given up as broken. The API server
+# stores objects of at most 1.5 MiB (etcd's request limit) and sends each event as one JSON line;
+# 16 MiB leaves room for JSON escaping and base64. Without a bound, a line that never ends (a
+# broken or hostile server, a proxy in front of it) grew in memory for as long as it streamed.
+MAX_EVENT_BYTES = 16 << 20
+
+
+def watch_lines(resp: Any, limit: int = MAX_EVENT_BYTES, what: str = "watch"):  # noqa: ANN201 - Iterator[str]
+    """The lines of a watch response as they arrive (kubernetes.watch's iter_resp_lines, bounded):
+    a ValueError naming `what` when `limit` bytes pass without a newline. Invalid UTF-8 is
+    replaced, as there."""
+    buf = bytearray()
+    start = 0                       # where the unread part of `buf` begins
+    for segment in resp.stream(amt=None, decode_content=False):
+        buf += segment if isinstance(segment, bytes) else segment.encode()
+        while (nl := buf.find(b"\n", start)) != -1:
+            yield buf[start:nl].decode("utf-8", errors="replace")
+            start = nl + 1
+        if start:
+            del buf[:start]
+            start = 0
+        if len(buf) > limit:
+            raise ValueError(f"{what}: a watch event longer than {limit} bytes (no newline in {len(buf)})")
 
 
 @dataclass(frozen=True)
@@ -184,8 +207,10 @@ class Reflector:
                  backoff: tuple[float, float] = (0.2, 10.0), page_size: int = 500,
                  missing_retry: float | None = None, logger: logging.Logger | None = None,
                  min_watch: float = 1.0, clock: Callable[[], float] = time.monotonic,
-                 confirm_missing: Callable[[], bool] | None = None, forbidden_empty: bool = False):
+                 confirm_missing: Callable[[], bool] | None = None, forbidden_empty: bool = False,
+                 max_event_bytes: int = MAX_EVENT_BYTES):
         self.resource = resource
+        self.max_event_bytes = max_event_bytes
         # A collection the install may not grant (the controller's Secrets and ConfigMaps, read for
         # ingress alone): forbidden (403) at the first list, it counts as listed and empty, so the
         # consumer is not held back waiting for it; the error is kept and the list retried.
@@ -414,7 +439,7 @@ class Reflector:
         try:
             if stop.is_set():           # stopped before `abort` could see this response
                 return
-            for line in iter_resp_lines(resp):
+            for line in watch_lines(resp, self.max_event_bytes, self.resource.name):
                 if stop.is_set():
                     return
                 if line.strip():

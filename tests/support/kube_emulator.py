@@ -67,7 +67,8 @@ connection), `hold_watches()` (new watch requests wait: a window in which change
 Faults (`inject(Fault(...))`, `clear_faults()`): the requests a `Fault` matches (method, a path
 fragment, watch or not, a later list page or not) are answered with an error status
 (410/429/500/503/504, with `Retry-After`), a delay first, a watch that ends at once with no event, or a watch whose first event is cut off
-mid-JSON (`truncate`: the connection closes inside a chunk), or bytes given as they are (`body`) — what an overloaded or restarting API
+mid-JSON (`truncate`: the connection closes inside a chunk), bytes given as they are (`body`), or
+the same bytes for ever (`endless`) — what an overloaded or restarting API
 server, or a proxy in front of it, does. `restore(rv)` puts the resourceVersion back, as an etcd
 restore from backup does: a watch from a resourceVersion the server has not reached gets 504
 "Too large resource version", as the API server's watch cache answers.
@@ -193,7 +194,9 @@ class Fault:
     `delay` waits first; `watch_end` answers a watch with 200 and ends it at once; `truncate`
     sends half of an event line and drops the connection; `body` answers 200 with these bytes as
     they are (a list page, or a watch's stream of event lines, which then ends): what a server, or
-    something posing as one, may send that no real one does."""
+    something posing as one, may send that no real one does; `endless` answers a watch with these
+    bytes sent again and again until the client goes (a line that never ends, when they hold no
+    newline)."""
 
     path: str = ""
     method: str | None = "GET"
@@ -205,6 +208,7 @@ class Fault:
     watch_end: bool = False
     truncate: bool = False
     body: bytes | None = None
+    endless: bytes | None = None
     times: int | None = None
     hits: int = 0
 
@@ -1161,6 +1165,19 @@ class KubeEmulator:
             h.send_header("Content-Length", str(len(fault.body)))
             h.end_headers()
             h.wfile.write(fault.body)
+            return True
+        if fault.endless is not None:
+            h.send_response(200)
+            h.send_header("Content-Type", "application/json")
+            h.send_header("Transfer-Encoding", "chunked")
+            h.end_headers()
+            chunk = f"{len(fault.endless):x}\r\n".encode() + fault.endless + b"\r\n"
+            try:
+                while not self._closing:
+                    h.wfile.write(chunk)
+            except OSError:
+                pass            # the client went
+            h.close_connection = True
             return True
         if fault.watch_end or fault.truncate:
             h.send_response(200)

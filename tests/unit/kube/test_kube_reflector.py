@@ -480,3 +480,20 @@ def test_odd_error_and_projected_bodies_are_refused_as_watch_errors() -> None:
         assert rf.state.objects == {}
     finally:
         client.close()
+
+
+def test_a_watch_line_that_never_ends_is_given_up_at_the_bound_not_buffered_for_ever(emu: KubeEmulator,
+                                                                                    reflect) -> None:
+    """A watch whose event never reaches its newline (a broken or hostile server, or a proxy in
+    front of it, streaming without end) grew the reflector's line buffer for as long as it
+    streamed. Past the bound the watch fails, naming the collection, and is opened again after the
+    backoff; the cache keeps what it had, and a server that then streams properly is followed."""
+    emu.create(pod("a"))
+    fault = emu.inject(Fault(path="/pods", watch=True, endless=b'{"type": "ADDED", "object": ' + b" " * 65536))
+    r = reflect(PODS, max_event_bytes=1 << 20)
+    until(lambda: r.st.reconnects >= 2, "the endless watch to be given up and retried")
+    assert "pods: a watch event longer than 1048576 bytes" in r.st.last_error, r.st.last_error
+    assert r.names() == {"a"} and fault.hits >= 2
+    emu.clear_faults()
+    emu.create(pod("b"))
+    until(lambda: r.names() == {"a", "b"}, "the watch once the server streams properly")
