@@ -80,6 +80,9 @@ class Translation:
     # (namespace, name) -> the status.addresses a ServiceEntry should have ([]: clear them); an entry
     # absent here has none and needs none (controller.translate.autoalloc)
     entry_addresses: dict[tuple[str, str], list[dict[str, str]]] = field(default_factory=dict)
+    # (namespace, name) of the ServiceEntries applied; a valid one absent here was left out (a host
+    # or address another Service holds): policies that target it bind nothing
+    entries_applied: set[tuple[str, str]] = field(default_factory=set)
 
     def resources(self) -> list[Any]:
         """Every model resource, in one list."""
@@ -122,7 +125,7 @@ def translate(objects: list[dict[str, Any]], trust_domain: str = "cluster.local"
                           reserved=[v for s in out.services for v in s.vips])
     out.entry_addresses = allocation.status
     out.errors.extend(allocation.errors)
-    entries = translate_service_entries(idx, out.services, out.errors, allocation)
+    entries = translate_service_entries(idx, out.services, out.errors, allocation, out.entries_applied)
     # A pod backs the entries that select it (workloadSelector), not one whose endpoints merely list
     # its address: those are addresses, not the pod (ztunnel/routing.py).
     out.workloads = translate_workloads(idx, [*out.services, *selecting(entries)], trust_domain, gateways,
@@ -140,12 +143,13 @@ def translate(objects: list[dict[str, Any]], trust_domain: str = "cluster.local"
         for src, timeout in fetches.items():
             out.jwks_fetches[src] = max(out.jwks_fetches.get(src, 0.0), timeout)
     out.telemetry = _each(idx.kind("Telemetry"), lambda o: translate_telemetry(o, root_namespace))
-    expand_entry_targets([*out.authorizations, *out.request_authns, *out.telemetry], idx)
+    expand_entry_targets([*out.authorizations, *out.request_authns, *out.telemetry], idx, out.entries_applied)
     hosts = Hosts(out.services, cluster_domain)
     out.parents = resolve_parents(idx, hosts)
     out.parents.notices.extend(Notice(ref, "metadata.labels", why, "WaypointNotAllowed") for ref, why in unbound)
     out.waypoint_routes = translate_routes(idx, out.services, cluster_domain, out.parents)
-    out.waypoint_routes, out.backend_tls = apply_backend_tls(idx, hosts, out.waypoint_routes, out.parents.notices)
+    out.waypoint_routes, out.backend_tls = apply_backend_tls(idx, hosts, out.waypoint_routes, out.parents.notices,
+                                                                out.entries_applied)
     out.credentials = translate_credentials(idx, out.services)
     out.ingress = translate_ingress(idx, hosts)
     out.parents.merge_status(out.ingress.routes)

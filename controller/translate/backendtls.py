@@ -114,7 +114,8 @@ def _trust(policy: Obj, configmaps: dict[str, Obj]) -> tuple[str, Verdict, Verdi
     return f"no CA: {resolved[2]}", resolved, (False, "NoValidCACertificate", why)
 
 
-def _target(policy: Obj, ref: Obj, entries: dict[tuple[str, str], Obj]) -> tuple[Obj | None, int, Verdict | None]:
+def _target(policy: Obj, ref: Obj, entries: dict[tuple[str, str], Obj],
+            left_out: set[tuple[str, str]]) -> tuple[Obj | None, int, Verdict | None]:
     """The ServiceEntry a targetRef names and the port of its sectionName (0: all), or why not."""
     kind, group, name, ns = ref.get("kind", ""), ref.get("group", ""), ref.get("name", ""), ns_of(policy)
     section = ref.get("sectionName") or ""
@@ -122,6 +123,10 @@ def _target(policy: Obj, ref: Obj, entries: dict[tuple[str, str], Obj]) -> tuple
         se = entries.get((ns, name))
         if se is None:
             return None, 0, (False, "TargetNotFound", f"ServiceEntry {ns}/{name} does not exist")
+        if (ns, name) in left_out:
+            return None, 0, (False, "TargetNotFound", (
+                f"ServiceEntry {ns}/{name} is not applied (a host or address of it is another Service's: see its "
+                "errors)"))
         if not section:
             return se, 0, None
         port = next((p for p in (se.get("spec") or {}).get("ports") or [] if p.get("name") == section), None)
@@ -205,16 +210,17 @@ def _key(policy: Obj, ref: Obj) -> tuple[str, str, str, str, str]:
     return (ns_of(policy), group, ref.get("kind", ""), ref.get("name", ""), ref.get("sectionName") or "")
 
 
-def apply_backend_tls(idx: Index, hosts: Hosts, routes: list[WaypointRoutes],
-                      notices: list[Notice]) -> tuple[list[WaypointRoutes], BackendTLS]:
+def apply_backend_tls(idx: Index, hosts: Hosts, routes: list[WaypointRoutes], notices: list[Notice],
+                      applied: set[tuple[str, str]] | None = None) -> tuple[list[WaypointRoutes], BackendTLS]:
     """`routes` (translate_routes', DestinationRules applied) with each policy's TLS applied to
     its targets' hosts, hosts with no routes of their own added; and every policy's verdicts.
     What is not applied (a target refused, a conflict, a DestinationRule's TLS winning) is also
-    added to `notices`, for `ambit apply` and `ambit analyze`."""
+    added to `notices`, for `ambit apply` and `ambit analyze`. `applied`: the ServiceEntries the
+    translation applied (None: all); a policy targeting another one is not applied."""
     policies = idx.kind("BackendTLSPolicy")         # oldest first (Index): the order conflicts are won in
     if not policies:
         return routes, BackendTLS()
-    run = _Run(idx, hosts, routes, notices)
+    run = _Run(idx, hosts, routes, notices, applied)
     # targetRefs with a sectionName first: a port's policy holds its port against a whole-entry
     # policy, whatever their ages, as Istio's port-level tls does against the top-level one
     for sectioned in (True, False):
@@ -230,11 +236,13 @@ class _Run:
     """One translation's policies, oldest first: what each target's owner is so far (conflicts),
     the hosts' routes, the verdicts and notices."""
 
-    def __init__(self, idx: Index, hosts: Hosts, routes: list[WaypointRoutes], notices: list[Notice]) -> None:
+    def __init__(self, idx: Index, hosts: Hosts, routes: list[WaypointRoutes], notices: list[Notice],
+                 applied: set[tuple[str, str]] | None = None) -> None:
         self.hosts, self.notices, self.out = hosts, notices, BackendTLS()
         self.by_host = {wr.hostname: wr for wr in routes}
         self.configmaps = {f"{ns_of(c)}/{name_of(c)}": c for c in idx.kind("ConfigMap")}
         self.entries = {(ns_of(se), name_of(se)): se for se in idx.kind("ServiceEntry")}
+        self.left_out = set() if applied is None else set(self.entries) - applied
         self.owner: dict[tuple[str, str, str, str, str], str] = {}
         self.slots: dict[str, dict[int, Ancestor]] = {}     # policy ref -> targetRef index -> verdict
 
@@ -257,7 +265,7 @@ class _Run:
                 continue
             ancestor = {k: t[k] for k in ("group", "kind", "name", "sectionName") if t.get(k) is not None}
             path = f"spec.targetRefs[{i}]"
-            se, port, why = _target(policy, t, self.entries)
+            se, port, why = _target(policy, t, self.entries, self.left_out)
             if why is None and _key(policy, t) in self.owner:
                 why = (False, "Conflicted", f"conflicts with BackendTLSPolicy {self.owner[_key(policy, t)]}, which "
                                             "targets the same backend and is older (Gateway API: the oldest policy wins)")

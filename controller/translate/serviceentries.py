@@ -107,7 +107,8 @@ def _host_conflicts(se: Obj, held: dict[str, str]) -> list[FieldError]:
 
 
 def translate_service_entries(idx: Index, services: list[Service], errors: list[FieldError],
-                              allocation: Allocation | None = None) -> list[Service]:
+                              allocation: Allocation | None = None,
+                              applied: set[tuple[str, str]] | None = None) -> list[Service]:
     """The registry Services of every ServiceEntry. An entry with an address that is already
     another Service's VIP (or an older entry's: creationTimestamp, then namespace and name, as
     Istio's registry lets the oldest keep a host, so a new entry cannot take one from a running
@@ -115,7 +116,8 @@ def translate_service_entries(idx: Index, services: list[Service], errors: list[
     without one of its addresses would be half-applied. One verdict everywhere: `ambit apply`
     refuses it, the controller leaves it out and writes Accepted=False on it (controller.sources.kube).
     `allocation`: the auto-allocated VIPs of entries without `addresses` (never an address another
-    Service or entry holds: autoalloc reserves those)."""
+    Service or entry holds: autoalloc reserves those). `applied` gets the (namespace, name) of
+    each entry applied."""
     taken = {vip: s.resource_name for s in services for vip in s.vips}
     held = {s.resource_name: f"the name of Service {s.resource_name}" for s in services}
     auto = allocation.vips if allocation is not None else {}
@@ -131,6 +133,8 @@ def translate_service_entries(idx: Index, services: list[Service], errors: list[
             if conflicts:
                 errors.extend(conflicts)
                 continue
+            if applied is not None:
+                applied.add((ns, name_of(se)))
             resolution = spec.get("resolution") or "NONE"
             if resolution == "DNS_ROUND_ROBIN":     # one endpoint (or the host): the same to ztunnel
                 resolution = "DNS"
@@ -188,13 +192,14 @@ def selecting(entries: list[Service]) -> list[Service]:
     return out
 
 
-def expand_entry_targets(policies: list[Any], idx: Index) -> None:
+def expand_entry_targets(policies: list[Any], idx: Index, applied: set[tuple[str, str]]) -> None:
     """A policy's (AuthorizationPolicy, RequestAuthentication, Telemetry) `targetRefs` naming a
     ServiceEntry bind it, at the entry's waypoint, to each of the entry's hosts: the refs become
     Service refs to the hosts' registry Services (named by host), which is how waypoints bind
-    (waypoint/binding.py, ambit/telemetry.py). In place."""
+    (waypoint/binding.py, ambit/telemetry.py). In place. Only `applied` entries count: one left
+    out for a clash binds nothing, not the host's older entry that holds it (the advisories say so)."""
     hosts = {(ns_of(se), name_of(se)): list(dict.fromkeys((se.get("spec") or {}).get("hosts") or []))
-             for se in idx.kind("ServiceEntry")}
+             for se in idx.kind("ServiceEntry") if (ns_of(se), name_of(se)) in applied}
     for p in policies:
         if not any(r.get("kind") == "ServiceEntry" for r in p.target_refs):
             continue

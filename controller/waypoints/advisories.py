@@ -146,16 +146,17 @@ def advisories(objects: list[Obj], cluster_domain: str = "cluster.local", transl
                  for o in good if o.get("kind") == "Namespace"}
     svc_labels = {(ns_of(o), (o.get("metadata") or {}).get("name", "")): (o.get("metadata") or {}).get("labels") or {}
                   for o in good if o.get("kind") == "Service"}
-    svc_waypoint = {}
+    svc_waypoint: dict[tuple[str, str], str | None] = {}
     for s in tr.services:
         labels = svc_labels.get((s.namespace, s.name), {})
         svc_waypoint[(s.namespace, s.name)] = waypoint_ref(
             labels, s.namespace, fallback=waypoint_ref(ns_labels.get(s.namespace, {}), s.namespace)) or s.waypoint
     for o in good:      # ServiceEntry targets: "ServiceEntry/<name>" -> the waypoint its label asks for
-        if o.get("kind") == "ServiceEntry":
+        if o.get("kind") == "ServiceEntry":     # (None: the entry was left out, a host or address clash)
             meta = o.get("metadata") or {}
             svc_waypoint[(ns_of(o), f"ServiceEntry/{meta.get('name', '')}")] = waypoint_ref(
-                meta.get("labels") or {}, ns_of(o), fallback=waypoint_ref(ns_labels.get(ns_of(o), {}), ns_of(o)))
+                meta.get("labels") or {}, ns_of(o), fallback=waypoint_ref(ns_labels.get(ns_of(o), {}), ns_of(o))
+            ) if (ns_of(o), meta.get("name", "")) in tr.entries_applied else None
     out += [Advisory(w.ref, w.path, w.reason, "NotEnforced", NOT_EXPORTED if w.path == "spec.exportTo" else "NotServed")
             for w in tr.ingress.warnings]      # (a VirtualService not exported to an ingress gateway's namespace)
     out += [Advisory(n.ref, n.path, n.reason, NOT_ENFORCED, n.cause) for n in tr.parents.notices]  # route parents
@@ -175,7 +176,7 @@ def advisories(objects: list[Obj], cluster_domain: str = "cluster.local", transl
         elif kind == "DestinationRule":
             out += _dr_fields(o, {s.hostname for s in tr.services if s.kind == "ServiceEntry"})
         elif kind == "ServiceEntry":
-            out += _entry_fields(o, svc_waypoint.get((ns_of(o), f"ServiceEntry/{(o.get('metadata') or {}).get('name')}"), ""))
+            out += _entry_fields(o, svc_waypoint.get((ns_of(o), f"ServiceEntry/{(o.get('metadata') or {}).get('name')}"), "") or "")
         elif is_class(o):
             out += _class_fields(o)
         elif kind == "Telemetry":
@@ -290,7 +291,7 @@ def _class_fields(o: Obj) -> list[Advisory]:
     return out
 
 
-def telemetry_targets(o: Obj, gateways: dict[tuple[str, str], Obj], svc_waypoint: dict[tuple[str, str], str],
+def telemetry_targets(o: Obj, gateways: dict[tuple[str, str], Obj], svc_waypoint: dict[tuple[str, str], str | None],
                       root_namespace: str) -> list[Advisory]:
     """A Telemetry's targetRefs are applied by the waypoint serving each target, and by nothing else
     (ztunnel ignores targetRefs, as Istio's): a missing or unserved target gets the advisory an
@@ -406,7 +407,7 @@ def _selected_waypoints(o: Obj, gateways: dict[tuple[str, str], Obj], root_names
             if _selects_a_waypoint(labels, gns, {(gns, name): {}}) and ns in (gns, root_namespace)]
 
 
-def _policy(o: Obj, gateways: dict[tuple[str, str], Obj], svc_waypoint: dict[tuple[str, str], str],
+def _policy(o: Obj, gateways: dict[tuple[str, str], Obj], svc_waypoint: dict[tuple[str, str], str | None],
             root_namespace: str) -> list[Advisory]:
     spec, ref = o.get("spec") or {}, object_ref(o)
     targets = target_refs(spec)
@@ -433,7 +434,7 @@ def _policy(o: Obj, gateways: dict[tuple[str, str], Obj], svc_waypoint: dict[tup
             + _targets(o, targets, gateways, svc_waypoint, root_namespace))
 
 
-def _request_authn(o: Obj, gateways: dict[tuple[str, str], Obj], svc_waypoint: dict[tuple[str, str], str],
+def _request_authn(o: Obj, gateways: dict[tuple[str, str], Obj], svc_waypoint: dict[tuple[str, str], str | None],
                    root_namespace: str) -> list[Advisory]:
     """A RequestAuthentication is enforced by the waypoint of its targetRefs only: ztunnel sees no
     HTTP, so one bound by selector (or namespace-wide) checks no token anywhere."""
@@ -448,7 +449,7 @@ def _request_authn(o: Obj, gateways: dict[tuple[str, str], Obj], svc_waypoint: d
 
 
 def _targets(o: Obj, targets: list[tuple[str, Obj]], gateways: dict[tuple[str, str], Obj],
-             svc_waypoint: dict[tuple[str, str], str], root_namespace: str) -> list[Advisory]:
+             svc_waypoint: dict[tuple[str, str], str | None], root_namespace: str) -> list[Advisory]:
     """targetRefs that no waypoint enforces (a missing target, a Service without a waypoint ...)."""
     ns, ref = ns_of(o), object_ref(o)
     out: list[Advisory] = []
@@ -465,8 +466,11 @@ def _targets(o: Obj, targets: list[tuple[str, Obj]], gateways: dict[tuple[str, s
                                     f'("{root_namespace}"), as in Istio: nothing enforces this policy',
                                     WAYPOINT_ACCEPTED, "TargetNotFound"))
         elif kind == "ServiceEntry":
-            if (tns, f"ServiceEntry/{name}") not in svc_waypoint:
-                out.append(Advisory(ref, path, f'no ServiceEntry "{tns}/{name}": nothing enforces this policy',
+            key = (tns, f"ServiceEntry/{name}")
+            if svc_waypoint.get(key) is None:
+                why = (f'ServiceEntry "{tns}/{name}" is not applied (a host or address of it is another Service\'s: '
+                       "see its errors)" if key in svc_waypoint else f'no ServiceEntry "{tns}/{name}"')
+                out.append(Advisory(ref, path, f"{why}: nothing enforces this policy",
                                     WAYPOINT_ACCEPTED, "TargetNotFound"))
                 continue
             wp = svc_waypoint[(tns, f"ServiceEntry/{name}")]

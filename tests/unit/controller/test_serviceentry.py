@@ -387,3 +387,48 @@ def test_an_empty_endpoint_locality_is_unset_not_refused() -> None:
     assert validate_object(entry) == []
     [db] = services([entry]).values()
     assert [e.locality for e in db.endpoints] == ["", "r/z"]
+
+
+def test_policies_targeting_an_entry_left_out_for_a_clash_bind_nothing_and_say_why() -> None:
+    """An entry left out because an older one holds its host: its targetRefs expanded to that
+    host all the same, so its AuthorizationPolicy, Telemetry and BackendTLSPolicy landed on the
+    older entry's traffic, which no one had aimed them at. Now they bind nothing, and `ambit apply`
+    / `ambit analyze` say the target is not applied."""
+    from controller.waypoints.advisories import advisories
+    port = [{"number": 80, "name": "http", "protocol": "HTTP"}]
+    labels = {"istio.io/use-waypoint": "egress"}
+    old = se({"hosts": ["b.example"], "resolution": "STATIC", "endpoints": [{"address": "198.51.100.7"}],
+              "ports": port}, name="old", **labels)
+    new = se({"hosts": ["b.example"], "resolution": "DNS", "ports": port}, name="new", **labels)
+    old["metadata"]["creationTimestamp"] = "2026-01-01T00:00:00Z"
+    new["metadata"]["creationTimestamp"] = "2026-06-01T00:00:00Z"
+    gw = {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway", "metadata": {"name": "egress", "namespace": "demo"},
+          "spec": {"gatewayClassName": "ambit-waypoint", "listeners": [{"name": "mesh", "port": 15008, "protocol": "HBONE"}]}}
+    target = [{"kind": "ServiceEntry", "group": "networking.istio.io", "name": "new"}]
+    ap = {"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy", "metadata": {"name": "deny-new", "namespace": "demo"},
+          "spec": {"targetRefs": target, "action": "DENY", "rules": [{"to": [{"operation": {"methods": ["GET"]}}]}]}}
+    tel = {"apiVersion": "telemetry.istio.io/v1", "kind": "Telemetry", "metadata": {"name": "new-logs", "namespace": "demo"},
+           "spec": {"targetRefs": target, "accessLogging": [{"disabled": True}]}}
+    btls = {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "BackendTLSPolicy",
+            "metadata": {"name": "new-tls", "namespace": "demo", "creationTimestamp": "2026-06-01T00:00:00Z"},
+            "spec": {"targetRefs": target, "validation": {"hostname": "b.example", "wellKnownCACertificates": "System"}}}
+    objs = [old, new, gw, ap, tel, btls]
+    tr = translate(objs)
+    assert [(e.ref, e.path) for e in tr.errors] == [("ServiceEntry/demo/new", "spec.hosts[0]")]
+    assert tr.entries_applied == {("demo", "old")}
+    (a,) = tr.authorizations
+    assert a.scope == "waypoint" and a.target_refs == [], "bound to the older entry's host"
+    (t,) = tr.telemetry
+    assert t.target_refs == []
+    assert not [w for w in tr.waypoint_routes if "BackendTLSPolicy/demo/new-tls" in w.sources or w.policy.tls_mode]
+    (v,) = tr.backend_tls.ancestors["BackendTLSPolicy/demo/new-tls"]
+    assert v.accepted[:2] == (False, "TargetNotFound") and "ServiceEntry demo/new is not applied" in v.accepted[2]
+    found = {(x.ref, x.path): x.reason for x in advisories(objs, translation=tr)}
+    for ref in ("AuthorizationPolicy/demo/deny-new", "Telemetry/demo/new-logs"):
+        assert 'ServiceEntry "demo/new" is not applied' in found[(ref, "spec.targetRefs[0]")], found
+    # the same policies aimed at the entry that holds the host bind to it
+    for o in (ap, tel, btls):
+        o["spec"]["targetRefs"] = [{**target[0], "name": "old"}]
+    tr = translate(objs)
+    assert tr.authorizations[0].target_refs == [{"group": "", "kind": "Service", "name": "b.example", "namespace": "demo"}]
+    assert "BackendTLSPolicy/demo/new-tls" in next(w for w in tr.waypoint_routes if w.hostname == "b.example").sources
