@@ -64,4 +64,9 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] || ! .venv/bin/python -
 else
   say "python dependencies: up to date"
 fi
+# Byte-compile the project, as `pip install` does in the image (deploy/Dockerfile). Without it, an
+# environment that sets PYTHONDONTWRITEBYTECODE (or a read-only tree) compiles every module from
+# source at each start: slower, and the compiler's garbage leaves each process ~0.7 MB more heap
+# (a lab ztunnel: 42.7 -> 42.0 MB RSS). Up-to-date files are skipped, so this costs ~0.2 s.
+.venv/bin/python -m compileall -q -j 0 ambit agent ztunnel waypoint controller ambitctl bench >/dev/null
 say "ready: .venv/bin/ambit"
