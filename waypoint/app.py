@@ -192,7 +192,7 @@ def _places(v: View, svc: Service, port: int, labels: Mapping[str, str] | None,
     if svc.traffic_distribution and not _via_waypoint(v, svc):
         unready = tuple((p.address, _place(v, p))
                         for p in endpoints.candidates(svc, port, labels, v.workloads, v.by_ip, ready=False))
-    return Places((_place(v, p) for p in cands), unready)
+    return Places((_place(v, p) for p in cands), unready, (p.weight or 1 for p in cands))
 
 
 def _ka_key(ka: TcpKeepalive | None) -> str:

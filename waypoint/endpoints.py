@@ -45,6 +45,9 @@ class Pick:
     # The HBONE peer to dial when it is not `ip`: a pod of the waypoint this endpoint is bound to
     # (`around`), asked for the endpoint itself; `identity` is then that waypoint's.
     via: str = ""
+    # A ServiceEntry endpoint's `weight` (0: unset, which is 1): the cluster's balancer honours it
+    # as Envoy's does (waypoint/traffic/cluster.py).
+    weight: int = 0
 
     @property
     def address(self) -> str:
@@ -84,10 +87,10 @@ def candidates(svc: Service, port: int, subset_labels: Mapping[str, str] | None,
                 continue
         if entry and ((svc.external and not ep.workload_uid) or wl is None or wl.protocol != "HBONE"):
             out.append(Pick(ep.ip or ep.hostname, target_port(sp, ep), "", protocol_of(sp), "", False, True,
-                            ep.locality))
+                            ep.locality, weight=ep.weight))
         else:
             pick = _pick(ep.ip, target_port(sp, ep), wl, protocol_of(sp))
-            out.append(replace(pick, locality=ep.locality) if ep.locality else pick)
+            out.append(replace(pick, locality=ep.locality, weight=ep.weight) if ep.locality or ep.weight else pick)
     return out
 
 

@@ -10,6 +10,7 @@ import binascii
 from typing import Any
 
 from ambit.dataplane.keepalive import MAX_IDLE, MAX_PROBES
+from ambit.hashtable import MAX_MAGLEV_TABLE, MAX_RING_SIZE, is_prime
 from ambit.jwtclaims import CLAIM_HEADER_PREFIX, routing_claim
 from ambit.resilience import invalid_grpc_status, invalid_retry_on
 from ambit.topology import TOPOLOGY_LABELS
@@ -296,6 +297,33 @@ VirtualServiceSpec = Obj({
 
 # -- DestinationRule --------------------------------------------------------------------------------
 
+def _check_consistent_hash(value: dict[str, Any], path: str, errs: Errors) -> None:
+    """Istio's validateLoadBalancer rules for the hash table: a Maglev `tableSize` is set, prime
+    (Envoy fills the table by permutations that cover it only when its size is prime: another
+    size never finished filling it) and under Istio's 5000011; `minimumRingSize` not beside
+    `ringHash` or `maglev`. And Ambit's own bounds on the table's size (ambit/hashtable.py)."""
+    ml = value.get("maglev")
+    if isinstance(ml, dict):
+        size = ml.get("tableSize")
+        if not size:
+            errs.append((f"{path}.maglev.tableSize", "tableSize must be set for maglev (Istio's rule)"))
+        elif isinstance(size, int) and not is_prime(size):
+            errs.append((f"{path}.maglev.tableSize", f"tableSize must be a prime number for maglev (Istio's rule; "
+                         f"Envoy's default is 65537), got {size}"))
+        elif isinstance(size, int) and size > MAX_MAGLEV_TABLE:
+            errs.append((f"{path}.maglev.tableSize", f"{size} is not supported by Ambit: at most {MAX_MAGLEV_TABLE} "
+                         "(the waypoint builds the table on its event loop; Envoy's default is 65537)"))
+    rings = [(f"{path}.ringHash.minimumRingSize", (value.get("ringHash") or {}).get("minimumRingSize")),
+             (f"{path}.minimumRingSize", value.get("minimumRingSize"))]
+    for where, size in rings:
+        if isinstance(size, int) and size > MAX_RING_SIZE:
+            errs.append((where, f"{size} is not supported by Ambit: at most {MAX_RING_SIZE} (the waypoint builds "
+                         "the ring on its event loop; Istio's default is 1024)"))
+    if value.get("minimumRingSize") and (value.get("ringHash") is not None or value.get("maglev") is not None):
+        errs.append((f"{path}.minimumRingSize", "only one of MinimumRingSize or Maglev/Ringhash can be specified "
+                     "(Istio's rule)"))
+
+
 ConsistentHash = Obj({
     "httpHeaderName": Str(min_len=1, valid=header_name_reason),
     "httpCookie": Obj({"name": Str(min_len=1, valid=cookie_name_reason),
@@ -308,7 +336,8 @@ ConsistentHash = Obj({
     "ringHash": Obj({"minimumRingSize": Int(minimum=0)}),
     "maglev": Obj({"tableSize": Int(minimum=0)}),
     "minimumRingSize": Int(minimum=0),
-}, one_of=(("httpHeaderName", "httpCookie", "useSourceIp", "httpQueryParameterName"), ("ringHash", "maglev")))
+}, one_of=(("httpHeaderName", "httpCookie", "useSourceIp", "httpQueryParameterName"), ("ringHash", "maglev")),
+    checks=(_check_consistent_hash,))
 
 def _locality_rule_errors(loc: str) -> str | None:
     """Istio's validateLocalities, for one locality of `distribute`: region[/zone[/subzone]], at most

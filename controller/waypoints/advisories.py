@@ -175,8 +175,6 @@ def advisories(objects: list[Obj], cluster_domain: str = "cluster.local", transl
             out += _gw_fields(o)
         elif kind == "DestinationRule":
             out += _dr_fields(o, {s.hostname for s in tr.services if s.kind == "ServiceEntry"})
-        elif kind == "ServiceEntry":
-            out += _entry_fields(o, svc_waypoint.get((ns_of(o), f"ServiceEntry/{(o.get('metadata') or {}).get('name')}"), "") or "")
         elif is_class(o):
             out += _class_fields(o)
         elif kind == "Telemetry":
@@ -736,20 +734,6 @@ def _policy_fields(p: Obj | None, base: str, entry: bool = False, outlier: bool 
                 "replaces that policy for its port and what it leaves out takes its default, as in Istio"
                 + ("; no TLS is originated on that port" if "tls" in lost else "")
                 + "; repeat them in the entry to keep them")))
-    return out
-
-
-def _entry_fields(o: Obj, waypoint: str) -> list[Advisory]:
-    """What a waypoint the ServiceEntry is bound to does not do with it (ztunnel does both)."""
-    if not waypoint:
-        return []
-    spec, ref = o.get("spec") or {}, object_ref(o)
-    out = []
-    for i, e in enumerate(spec.get("endpoints") or []):
-        if e.get("weight"):
-            out.append(Advisory(ref, f"spec.endpoints[{i}].weight", f"accepted, but not enforced yet behind waypoint "
-                                f"{waypoint}: it balances the entry's endpoints by the DestinationRule's load balancer "
-                                "(ztunnel, without a waypoint, honours weights)", NOT_ENFORCED))
     return out
 
 

@@ -15,9 +15,12 @@ in panic, not excluded unless nothing else is left), so balancers only choose:
 - `RANDOM`: uniformly at random.
 - `CONSISTENT_HASH`: `HashBalancer`, over a ring hash (default) or Maglev table.
 
-With slow start (warmup.py) and some endpoint still warming, ROUND_ROBIN and LEAST_REQUEST become
-weighted, as Envoy's EDF scheduler does: weight = slow-start factor, divided by (active requests
-+ 1) for LEAST_REQUEST (Envoy's `active_request_bias` 1.0). `smooth_weighted` spreads picks in
+With endpoint weights (a ServiceEntry's `endpoints[].weight`) that differ, or slow start
+(warmup.py) and some endpoint still warming, ROUND_ROBIN and LEAST_REQUEST become weighted, as
+Envoy's EDF scheduler does: weight = the endpoint's weight times its slow-start factor, divided by
+(active requests + 1) for LEAST_REQUEST (Envoy's `active_request_bias` 1.0). RANDOM ignores
+weights, as Envoy's random balancer does; the hash tables give each host a share that follows its
+weight (hashring.py, maglev.py). `smooth_weighted` spreads picks in
 proportion to the weights (nginx's smooth weighted round robin: deterministic like EDF).
 
 Pure: the random source is injected. A draw among n endpoints is `int(rng.random() * n)`: uniform
@@ -153,11 +156,17 @@ class HashBalancer:
         self._tables: OrderedDict[tuple[str, ...], RingHash | Maglev] = OrderedDict()
         self._cache = cache
 
-    def table(self, hosts: Sequence[str]) -> RingHash | Maglev:
-        key = tuple(sorted(hosts))
+    def table(self, hosts: Sequence[str], weights: Sequence[int] | None = None) -> RingHash | Maglev:
+        """The table of `hosts` (with `weights[i]` the weight of `hosts[i]`; None: all equal)."""
+        if weights is None:
+            key: tuple = tuple(sorted(hosts))
+            names, ws = key, None
+        else:
+            key = tuple(sorted(zip(hosts, weights, strict=True)))
+            names, ws = tuple(h for h, _ in key), tuple(w for _, w in key)
         t = self._tables.get(key)
         if t is None:
-            t = Maglev(key, self.size) if self.kind == "MAGLEV" else RingHash(key, self.size)
+            t = Maglev(names, self.size, ws) if self.kind == "MAGLEV" else RingHash(names, self.size, ws)
             self._tables[key] = t
             while len(self._tables) > self._cache:
                 self._tables.popitem(last=False)
@@ -165,11 +174,13 @@ class HashBalancer:
             self._tables.move_to_end(key)
         return t
 
-    def pick(self, all_hosts: Sequence[str], usable: Sequence[str], h: int) -> str:
+    def pick(self, all_hosts: Sequence[str], usable: Sequence[str], h: int,
+             weights: Sequence[int] | None = None) -> str:
         """The host for hash `h`: the first usable host in table order from `h`. Hosts not usable
-        (ejected, excluded) are passed over, which moves only their keys."""
+        (ejected, excluded) are passed over, which moves only their keys. `weights`: those of
+        `all_hosts`, when they differ (a host's share of the table follows its weight)."""
         ok = set(usable)
-        for host in self.table(all_hosts).walk(h):
+        for host in self.table(all_hosts, weights).walk(h):
             if host in ok:
                 return host
         return usable[0]

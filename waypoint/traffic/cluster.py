@@ -33,7 +33,7 @@ from ambit.model import Service, TrafficPolicy, WaypointRoutes
 from waypoint.http.attempt import Outcome
 from waypoint.request import Downstream, RequestHead
 from waypoint.resilience.budget import RetryCircuit
-from waypoint.traffic.balancer import CONSISTENT_HASH, DEFAULT, HashBalancer, simple_balancer
+from waypoint.traffic.balancer import CONSISTENT_HASH, DEFAULT, RANDOM, HashBalancer, simple_balancer
 from waypoint.traffic.breaker import Breaker
 from waypoint.traffic.hashkey import HashKey, HashPolicy
 from waypoint.traffic.locality import (
@@ -121,6 +121,10 @@ class Cluster:
             if policy.warmup_duration > 0 and self.lb in ("ROUND_ROBIN", "LEAST_REQUEST") else None
         self.active: dict[str, int] = {}        # active requests per endpoint (least request, /clusters)
         self.hosts: tuple[str, ...] = ()        # the endpoints of the last pick
+        # their weights (ServiceEntry endpoints' `weight`), None when all are equal: weighted round
+        # robin and least request and a weighted hash table, as Envoy's; RANDOM ignores them, as Envoy's
+        self.weights: dict[str, int] | None = None
+        self._weight_list: tuple[int, ...] | None = None     # `weights` in `hosts` order, for the hash table
         self.basis: tuple[object, object] | None = None  # what the waypoint last computed `hosts` from
         self.panics = 0
         # locality (locality.py): None unless it can change a pick, so the request path pays one test.
@@ -186,10 +190,13 @@ class Cluster:
             usable = [h for h in usable if h not in exclude] or usable
         if self.hasher is not None:
             h = key.value if key is not None and key.value is not None else self.rng.getrandbits(64)
-            return self.hasher.pick(hosts, usable, h)
-        weights = None
+            return self.hasher.pick(hosts, usable, h, self._weight_list)
+        weights: list[float] | None = None
+        if self.weights is not None and self.lb != RANDOM:
+            weights = [self.weights.get(h, 1) for h in usable]
         if self.warmup is not None and self.warmup.warming(usable, now):
-            weights = [self.warmup.factor(h, now) for h in usable]
+            factors = [self.warmup.factor(h, now) for h in usable]
+            weights = factors if weights is None else [w * f for w, f in zip(weights, factors, strict=True)]
         return self.balancer.pick(usable, self.active, weights)
 
     def _by_locality(self, p: Plan, tried: Sequence[str]) -> list[str] | None:
@@ -220,6 +227,11 @@ class Cluster:
         config update, so a pod deleted (or its address given to a new pod) between requests leaves
         no ejection behind in the stats, /clusters or the new pod."""
         self.hosts = tuple(hosts)
+        weights = getattr(places, "weights", ())
+        if weights and len(weights) == len(self.hosts):
+            self.weights, self._weight_list = dict(zip(self.hosts, weights, strict=True)), tuple(weights)
+        else:
+            self.weights = self._weight_list = None
         self.plan = None
         down = getattr(places, "unready", ()) if self.distribution else ()
         self.unready = tuple(a for a, _ in down)
@@ -314,6 +326,8 @@ class Cluster:
                          ejected_for=round(max(back - now, 0.0), 3) if back is not None else 0.0)
             if self.warmup is not None:
                 e["warmup_factor"] = round(self.warmup.factor(a, now), 3)
+            if self.weights is not None and a in self.weights:
+                e["weight"] = self.weights[a]
             eps.append(e)
         lb = self.lb if self.hasher is None else f"{CONSISTENT_HASH}/{self.hasher.kind}"
         return {"name": self.name, "lb": lb, "outlier_detection": self.outlier is not None,

@@ -11,7 +11,11 @@ adding one moves ~1/(N+1) to it.
 `walk(h)` yields the distinct hosts met going round the ring from h: the first is the pick; the
 balancer skips ejected or excluded hosts by taking the next one, which is exactly what a ring
 rebuilt without them would answer (their points gone, the next point wins), without the rebuild.
-All hosts have weight 1 (the waypoint has no per-endpoint weights).
+With weights that differ (ServiceEntry endpoints' `weight`), the ring is scaled so that the
+lightest host gets a whole number of points, at least `minimumRingSize` times its share (at most
+ambit.hashtable's MAX_RING_SIZE in all, where Envoy allows 8 M), and each host gets points in proportion to its weight, counted as
+running sums so that fractions even out (Envoy's `Ring` constructor). Equal weights build the
+unweighted ring.
 """
 
 from __future__ import annotations
@@ -20,18 +24,21 @@ import bisect
 import math
 from collections.abc import Iterator, Sequence
 
+from ambit.hashtable import MAX_RING_SIZE, RING_DEFAULT
 from waypoint.traffic.xxhash64 import xxh64
 
-DEFAULT_MIN_RING_SIZE = 1024        # Envoy's minimum_ring_size default (Istio's minimumRingSize)
-MAX_RING_SIZE = 8 * 1024 * 1024     # Envoy's maximum_ring_size default
+DEFAULT_MIN_RING_SIZE = RING_DEFAULT
 
 
 class RingHash:
-    def __init__(self, hosts: Sequence[str], min_size: int = 0) -> None:
+    def __init__(self, hosts: Sequence[str], min_size: int = 0, weights: Sequence[int] | None = None) -> None:
         self.hosts = list(hosts)
         size = min(max(min_size or DEFAULT_MIN_RING_SIZE, 1), MAX_RING_SIZE)
-        per_host = math.ceil(size / len(self.hosts)) if self.hosts else 0
-        ring = sorted((xxh64(f"{h}_{i}"), h) for h in self.hosts for i in range(per_host))
+        if weights is not None and len(set(weights)) > 1:
+            ring = sorted(_weighted_points(self.hosts, weights, size))
+        else:
+            per_host = math.ceil(size / len(self.hosts)) if self.hosts else 0
+            ring = sorted((xxh64(f"{h}_{i}"), h) for h in self.hosts for i in range(per_host))
         self._hashes = [p[0] for p in ring]
         self._owners = [p[1] for p in ring]
 
@@ -55,3 +62,21 @@ class RingHash:
 
     def pick(self, h: int) -> str | None:
         return next(self.walk(h), None)
+
+
+def _weighted_points(hosts: Sequence[str], weights: Sequence[int], min_size: int) -> list[tuple[int, str]]:
+    """Each host's points, `scale * normalized weight` of them as a running sum (Envoy's)."""
+    total = sum(weights)
+    shares = [w / total for w in weights]
+    lightest = min(shares)
+    scale = min(math.ceil(lightest * min_size) / lightest, float(MAX_RING_SIZE))
+    out: list[tuple[int, str]] = []
+    current = target = 0.0
+    for h, share in zip(hosts, shares, strict=True):
+        target += scale * share
+        i = 0
+        while current < target:
+            out.append((xxh64(f"{h}_{i}"), h))
+            i += 1
+            current += 1
+    return out

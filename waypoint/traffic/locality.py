@@ -179,14 +179,21 @@ Place = tuple[str, Mapping[str, str]]       # an endpoint's (locality, labels)
 class Places(tuple):  # type: ignore[type-arg]   # of Place
     """The places of a cluster's ready endpoints, in their order, and `unready`: the address and
     place of each endpoint that is not ready, for a Service whose trafficDistribution counts them
-    (empty otherwise). A tuple, so the request path passes it on as it passed the places before."""
+    (empty otherwise); `weights`: each ready endpoint's weight, when they are not all equal (empty
+    otherwise: the balancers' unweighted paths). A tuple, so the request path passes it on as it
+    passed the places before."""
 
     unready: tuple[tuple[str, Place], ...] = ()
+    weights: tuple[int, ...] = ()
 
-    def __new__(cls, places: Iterable[Place] = (), unready: Iterable[tuple[str, Place]] = ()) -> Places:
+    def __new__(cls, places: Iterable[Place] = (), unready: Iterable[tuple[str, Place]] = (),
+                weights: Iterable[int] = ()) -> Places:
         self = super().__new__(cls, places)
         if unready:
             self.unready = tuple(unready)
+        w = tuple(weights)
+        if len(set(w)) > 1:
+            self.weights = w
         return self
 
 

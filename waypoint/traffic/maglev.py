@@ -8,6 +8,11 @@ M/N slots (±1), and when a host leaves, most slots of the others keep their own
 little more movement than a ring for a perfectly even spread and O(1) lookups). A request hashed
 to h goes to `table[h % M]`.
 
+With weights that differ (ServiceEntry endpoints' `weight`), a host claims a slot only in the
+rounds its weight reaches: one of weight w claims in w of every `max weight` rounds, so its share
+of the table follows its weight (Envoy's `target_weight_`; integer weights here, where Envoy
+normalizes them to doubles).
+
 Hosts are taken in sorted address order, so the table depends on the set of hosts only. `walk(h)`
 yields the distinct hosts from slot `h % M` onwards: the balancer skips ejected or excluded hosts
 by taking the next one (Envoy rebuilds the table over the healthy hosts instead; both move only
@@ -18,32 +23,21 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 
+from ambit.hashtable import MAGLEV_DEFAULT, maglev_size
 from waypoint.traffic.xxhash64 import xxh64
 
-DEFAULT_TABLE_SIZE = 65537
+DEFAULT_TABLE_SIZE = MAGLEV_DEFAULT
 
 
 class Maglev:
-    def __init__(self, hosts: Sequence[str], table_size: int = 0) -> None:
-        self.hosts = sorted(hosts)
-        m = self.size = table_size or DEFAULT_TABLE_SIZE
-        table = [-1] * m
-        if self.hosts:
-            perm = [(xxh64(h, 0) % m, xxh64(h, 1) % (m - 1) + 1 if m > 1 else 1) for h in self.hosts]
-            nxt = [0] * len(self.hosts)
-            filled = 0
-            while filled < m:
-                for i, (offset, skip) in enumerate(perm):
-                    c = (offset + nxt[i] * skip) % m
-                    while table[c] >= 0:
-                        nxt[i] += 1
-                        c = (offset + nxt[i] * skip) % m
-                    table[c] = i
-                    nxt[i] += 1
-                    filled += 1
-                    if filled == m:
-                        break
-        self._table = table
+    def __init__(self, hosts: Sequence[str], table_size: int = 0, weights: Sequence[int] | None = None) -> None:
+        self.size = maglev_size(table_size)
+        if weights is not None and len(set(weights)) > 1:
+            pairs = sorted(zip(hosts, weights, strict=True))
+            self.hosts, ws = [h for h, _ in pairs], [w for _, w in pairs]
+        else:
+            self.hosts, ws = sorted(hosts), [1] * len(hosts)
+        self._table = _fill(self.hosts, ws, self.size)
 
     def owner(self, slot: int) -> str:
         return self.hosts[self._table[slot]]
@@ -64,3 +58,34 @@ class Maglev:
 
     def pick(self, h: int) -> str | None:
         return next(self.walk(h), None)
+
+
+def _fill(hosts: Sequence[str], weights: Sequence[int], m: int) -> list[int]:
+    """The table for `hosts` (sorted) of `weights`: in round r a host of weight w claims its next
+    free slot unless r * w < its target, which grows by the largest weight at each claim (equal
+    weights: every host claims in every round)."""
+    table = [-1] * m
+    if not hosts:
+        return table
+    perm = [(xxh64(h, 0) % m, xxh64(h, 1) % (m - 1) + 1 if m > 1 else 1) for h in hosts]
+    nxt = [0] * len(hosts)
+    target = [0] * len(hosts)
+    top = max(weights)
+    filled = 0
+    rnd = 0
+    while filled < m:
+        rnd += 1
+        for i, (offset, skip) in enumerate(perm):
+            if rnd * weights[i] < target[i]:
+                continue
+            target[i] += top
+            c = (offset + nxt[i] * skip) % m
+            while table[c] >= 0:
+                nxt[i] += 1
+                c = (offset + nxt[i] * skip) % m
+            table[c] = i
+            nxt[i] += 1
+            filled += 1
+            if filled == m:
+                break
+    return table

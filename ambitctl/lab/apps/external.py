@@ -23,7 +23,8 @@ class Handler(BaseHTTPRequestHandler):
         tls = isinstance(self.connection, ssl.SSLSocket)
         body = json.dumps({"server": "external", "peer": self.client_address[0], "tls": tls,
                            "tls_version": self.connection.version() if tls else "",  # type: ignore[union-attr]
-                           "sni": sni, "host": self.headers.get("host", ""), "path": self.path}) + "\n"
+                           "sni": sni, "host": self.headers.get("host", ""), "path": self.path,
+                           "local": self.connection.getsockname()[0]}) + "\n"
         data = body.encode()
         self.send_response(200)
         self.send_header("content-type", "application/json")

@@ -294,6 +294,27 @@ def test_consistent_hash_and_simple_are_exclusive() -> None:
     assert e.path == "spec.trafficPolicy.loadBalancer" and "only one of simple, consistentHash" in e.reason
 
 
+@pytest.mark.parametrize("ch, path, why", [
+    ({"maglev": {"tableSize": 64}}, "maglev.tableSize", "tableSize must be a prime number for maglev"),
+    ({"maglev": {}}, "maglev.tableSize", "tableSize must be set for maglev"),
+    ({"maglev": {"tableSize": 1000003}}, "maglev.tableSize", "1000003 is not supported by Ambit: at most 131071"),
+    ({"ringHash": {"minimumRingSize": 1 << 20}}, "ringHash.minimumRingSize", "not supported by Ambit: at most 131072"),
+    ({"minimumRingSize": 1 << 20}, "minimumRingSize", "not supported by Ambit: at most 131072"),
+    ({"minimumRingSize": 1024, "maglev": {"tableSize": 65537}}, "minimumRingSize",
+     "only one of MinimumRingSize or Maglev/Ringhash"),
+])
+def test_consistent_hash_tables_follow_istios_rules_and_ambits_bounds(ch: dict, path: str, why: str) -> None:
+    """A Maglev table whose size is not prime never finished filling: the waypoint spun on its event
+    loop at its first request for the host (a DestinationRule with `tableSize: 64` took the L7 path
+    of the namespace down). Istio refuses it; so does Ambit now, and tables too large to build
+    without stopping the waypoint for seconds."""
+    obj = dr(trafficPolicy={"loadBalancer": {"consistentHash": {"useSourceIp": True, **ch}}})
+    [e] = validate_object(obj)
+    assert e.path == f"spec.trafficPolicy.loadBalancer.consistentHash.{path}" and why in e.reason, (e.path, e.reason)
+    ok = dr(trafficPolicy={"loadBalancer": {"consistentHash": {"useSourceIp": True, "maglev": {"tableSize": 131071}}}})
+    assert validate_object(ok) == []
+
+
 def test_destination_rule_accepts_the_documented_fields() -> None:
     obj = dr(trafficPolicy={
         "connectionPool": {"tcp": {"maxConnections": 10, "connectTimeout": "300ms"},

@@ -224,3 +224,50 @@ def test_subset_and_port_level_policies_merge_as_istio() -> None:
     assert pol(80, "own") == ("RANDOM", 7)
     assert pol(81, "own") == ("CONSISTENT_HASH", None)   # the subset's port level replaces all: no OD
     assert effective_policy(None, 80, "") == TrafficPolicy()
+
+
+# -- endpoint weights (a ServiceEntry's endpoints[].weight), as Envoy's balancers read them --------
+
+def weighted(hosts: list[str], weights: list[int]):  # noqa: ANN201 - locality.Places
+    from waypoint.traffic.locality import Places
+    return Places((("", {}) for _ in hosts), (), weights)
+
+
+@pytest.mark.parametrize("lb", ["ROUND_ROBIN", "LEAST_REQUEST"])
+def test_endpoint_weights_share_the_requests_in_proportion(lb: str) -> None:
+    c = cluster(lb=lb)
+    got = Counter(c.choose(H[:3], places=weighted(H[:3], [1, 3, 6])) for _ in range(1000))
+    assert got == {H[0]: 100, H[1]: 300, H[2]: 600}, got        # smooth weighted: exact over a whole cycle
+    assert [e.get("weight") for e in c.dump()["endpoints"]] == [1, 3, 6]  # type: ignore[union-attr]
+
+
+def test_least_request_divides_an_endpoints_weight_by_its_active_requests_plus_one() -> None:
+    c = cluster(lb="LEAST_REQUEST")
+    for _ in range(3):
+        c.attempt_started(H[1])                 # weight 4 over 4 active: as loaded as weight 1 over 0
+    got = Counter(c.choose(H[:2], places=weighted(H[:2], [1, 4])) for _ in range(1000))
+    assert got == {H[0]: 500, H[1]: 500}, got
+
+
+def test_random_ignores_weights_as_envoys_random_balancer_does() -> None:
+    c = cluster(lb="RANDOM")
+    got = Counter(c.choose(H[:2], places=weighted(H[:2], [1, 9])) for _ in range(4000))
+    assert abs(got[H[0]] / 4000 - 0.5) < 0.05, got
+
+
+def test_equal_weights_keep_the_unweighted_balancers() -> None:
+    c = cluster(lb="ROUND_ROBIN")
+    c.choose(H[:3], places=weighted(H[:3], [5, 5, 5]))
+    assert c.weights is None and "weight" not in c.dump()["endpoints"][0]  # type: ignore[index]
+
+
+@pytest.mark.parametrize("ring", ["RING_HASH", "MAGLEV"])
+def test_a_hash_tables_share_follows_the_weights_and_weights_that_change_rebuild_it(ring: str) -> None:
+    from waypoint.traffic.balancer import HashBalancer
+    hb = HashBalancer(ring)
+    rng = random.Random(3)
+    ks = [rng.getrandbits(64) for _ in range(20000)]
+    got = Counter(hb.pick(H[:2], H[:2], k, (1, 3)) for k in ks)
+    assert abs(got[H[1]] / len(ks) - 0.75) < 0.05, got
+    got = Counter(hb.pick(H[:2], H[:2], k, (3, 1)) for k in ks)         # another table, not the cached one
+    assert abs(got[H[0]] / len(ks) - 0.75) < 0.05, got

@@ -135,3 +135,37 @@ def test_a_zero_ttl_sets_a_session_cookie_as_envoy_does() -> None:
         "httpCookie": {"name": "sid"}}}}}}
     [policy] = [wr.policy for wr in translated([svc, unset]).waypoint_routes if wr.policy is not None]
     assert HashPolicy.from_policy(policy).key(head(("x-request-id", "r-2")), None).set_cookie == ""
+
+
+def test_weighted_ring_gives_each_host_points_in_proportion_as_envoys_does() -> None:
+    # Envoy's Ring: the lightest host gets ceil(share * minimumRingSize) points, the others in
+    # proportion (running sums); equal weights build the unweighted ring
+    r = RingHash(HOSTS[:3], 1024, (1, 2, 5))
+    per = Counter(r._owners)
+    assert per[HOSTS[0]] == 128 and per[HOSTS[1]] == 256 and per[HOSTS[2]] == 640
+    assert RingHash(HOSTS, 1024, (2,) * 5)._hashes == RingHash(HOSTS)._hashes
+    got = Counter(r.pick(k) for k in keys())
+    assert abs(got[HOSTS[2]] / 20000 - 5 / 8) < 0.05, got
+
+
+def test_a_weighted_ring_is_bounded_whatever_the_weights() -> None:
+    # weights 1 and 2**32 - 1 would make Envoy's ring its 8 M maximum; the waypoint builds at most
+    # ambit.hashtable.MAX_RING_SIZE points (it builds on its event loop), the light host keeps one
+    from ambit.hashtable import MAX_RING_SIZE
+    r = RingHash(HOSTS[:2], 1024, (1, 2**32 - 1))
+    assert len(r) <= MAX_RING_SIZE + 1 and Counter(r._owners)[HOSTS[0]] == 1
+
+
+def test_weighted_maglev_shares_the_table_by_weight() -> None:
+    m = Maglev(HOSTS[:3], 65537, (1, 2, 5))
+    per = Counter(m.owner(i) for i in range(65537))
+    assert all(abs(per[h] - 65537 * w / 8) <= 2 for h, w in zip(HOSTS[:3], (1, 2, 5))), per
+    assert Maglev(HOSTS, 65537, (4,) * 5)._table == Maglev(HOSTS)._table
+
+
+def test_a_maglev_table_size_that_is_not_prime_is_not_built_so_it_cannot_hang_the_waypoint() -> None:
+    # filling a table whose size is not prime never ended (a host's permutation cycles through a
+    # part of the table): validation refuses such a tableSize, and should one arrive the waypoint
+    # builds the default table instead of spinning on its event loop
+    assert Maglev(HOSTS, 64).size == 65537 and Maglev(HOSTS, 4).size == 65537
+    assert Maglev(HOSTS, 13).size == 13 and Maglev(HOSTS, 5_000_011).size == 65537
