@@ -45,6 +45,7 @@ from functools import lru_cache
 from typing import TypeVar
 
 from ambit.dataplane.ports import PORT_HBONE, PORT_INBOUND, PORT_OUTBOUND
+from ambit.dataplane.smoothweighted import SmoothWeighted
 from ambit.model import Service, ServicePort, Workload
 from ambit.waypointpods import ready_waypoint_pods as shared_ready
 from ambit.waypointpods import waypoint_pods as shared_pods
@@ -88,6 +89,7 @@ class RoundRobin:
     """Per-key round robin. Deterministic (tests) and fair over a ztunnel's connections."""
 
     _next: dict[str, int] = field(default_factory=dict)
+    _weighted: dict[str, SmoothWeighted] = field(default_factory=dict)
 
     def pick(self, key: str, candidates: Sequence[T]) -> T:
         i = self._next.get(key, 0)
@@ -95,15 +97,15 @@ class RoundRobin:
         return candidates[i % len(candidates)]
 
     def pick_weighted(self, key: str, candidates: Sequence[T], weights: Sequence[int]) -> T:
-        """Weighted round robin: over `sum(weights)` picks, candidate i is chosen weights[i] times."""
-        total = sum(weights)
-        i = self._next.get(key, 0) % total
-        self._next[key] = i + 1
-        for c, w in zip(candidates, weights, strict=True):
-            if i < w:
-                return c
-            i -= w
-        return candidates[-1]   # pragma: no cover - i < total always lands above
+        """Smooth weighted round robin: over `sum(weights)` picks, candidate i is chosen
+        weights[i] times, interleaved (3 and 1: A A B A; not three to A in a row, which weights
+        such as 100 and 100 made a hundred). Equal weights are plain round robin."""
+        if len(set(weights)) <= 1:
+            return self.pick(key, candidates)
+        sw = self._weighted.get(key)
+        if sw is None:
+            sw = self._weighted[key] = SmoothWeighted()
+        return candidates[sw.pick_index([f"{i}" for i in range(len(candidates))], weights)]
 
 
 def format_addr(ip: str, port: int) -> str:

@@ -34,6 +34,7 @@ import random
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 
+from ambit.dataplane.smoothweighted import SmoothWeighted
 from waypoint.traffic.hashring import RingHash
 from waypoint.traffic.maglev import Maglev
 
@@ -43,31 +44,6 @@ RANDOM = "RANDOM"
 CONSISTENT_HASH = "CONSISTENT_HASH"
 DEFAULT = LEAST_REQUEST             # Istio's defaultLBAlgorithm
 CHOICE_COUNT = 2                    # Envoy's least_request choice_count default
-
-
-class SmoothWeighted:
-    """Smooth weighted round robin: each pick adds every host's weight to its credit, takes the
-    host with the most credit and charges it the total; over any window, picks follow the weights
-    (and weights may change between picks: least-request divides by active requests)."""
-
-    def __init__(self) -> None:
-        self._credit: dict[str, float] = {}
-
-    def pick(self, hosts: Sequence[str], weights: Sequence[float]) -> str:
-        total = 0.0
-        best = hosts[0]
-        best_credit = float("-inf")
-        for h, w in zip(hosts, weights, strict=True):
-            c = self._credit.get(h, 0.0) + w
-            self._credit[h] = c
-            total += w
-            if c > best_credit:
-                best, best_credit = h, c
-        self._credit[best] -= total
-        if len(self._credit) > 2 * len(hosts) + 8:       # forget hosts that left
-            keep = set(hosts)
-            self._credit = {h: c for h, c in self._credit.items() if h in keep}
-        return best
 
 
 class Balancer:

@@ -29,8 +29,21 @@ def test_a_static_entry_vip_goes_to_its_endpoints_by_weight_in_plain_tcp_labelle
                 endpoints=[Endpoint("", "198.51.100.7", weight=3), Endpoint("", "198.51.100.8")])
     cfg, lb = config([POD], [ext]), RoundRobin()
     routes = [decide(cfg, "240.240.0.1", 80, lb, "demo") for _ in range(8)]
-    assert [r.dial for r in routes] == ([("198.51.100.7", 8080)] * 3 + [("198.51.100.8", 8080)]) * 2
+    a, b = ("198.51.100.7", 8080), ("198.51.100.8", 8080)
+    assert [r.dial for r in routes] == [a, a, b, a] * 2, "3 to 1, interleaved (smooth weighted round robin)"
     assert all(r.kind == PASSTHROUGH and r.service.hostname == "api.example.com" for r in routes)
+
+
+def test_weights_are_interleaved_not_a_run_per_endpoint() -> None:
+    """Weighted round robin gave each endpoint its whole weight in a row: weights 100 and 100 sent a
+    hundred connections to one endpoint before the other got any. Now they alternate, as any equal
+    weights do, and unequal ones interleave."""
+    ext = entry("api.example.com", vips=["240.240.0.1"], target=8080,
+                endpoints=[Endpoint("", "198.51.100.7", weight=100), Endpoint("", "198.51.100.8", weight=100),
+                           Endpoint("", "198.51.100.9", weight=200)])
+    cfg, lb = config([POD], [ext]), RoundRobin()
+    got = [decide(cfg, "240.240.0.1", 80, lb, "demo").dial[0] for _ in range(8)]
+    assert got == ["198.51.100.9", "198.51.100.7", "198.51.100.8", "198.51.100.9"] * 2, got
 
 
 def test_an_endpoints_own_port_wins_over_the_target_port() -> None:
