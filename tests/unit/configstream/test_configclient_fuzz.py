@@ -19,17 +19,15 @@ Three budgets:
 
 from __future__ import annotations
 
-import argparse
 import ipaddress
+import itertools
 import json
-import os
 import random
 import sys
 import time
-import traceback
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from ambit.configclient.codec import DecodeError, Encoded, content_version, encode
@@ -45,10 +43,11 @@ from ambit.model import (
     ServicePort,
     Workload,
 )
+from tests.support import fuzzing
 from ztunnel.meshstate import ConfigRejected, MeshState
 
 UNIT_EXAMPLES = 300
-LONG_EXAMPLES = int(os.environ.get("AMBIT_FUZZ_EXAMPLES", "3000"))
+LONG_EXAMPLES = fuzzing.fuzz_examples(3000)
 TD = "cluster.local"
 
 
@@ -251,36 +250,24 @@ def run_case(seed: int, steps: int = 3) -> None:
 
 
 @given(st.integers(0, 2**32))
-@settings(max_examples=UNIT_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@fuzzing.unit_budget(UNIT_EXAMPLES)
 def test_a_hostile_delta_is_nacked_naming_it_and_changes_nothing(seed: int) -> None:
     run_case(seed)
 
 
 @pytest.mark.fuzz
 @given(st.integers(0, 2**32))
-@settings(max_examples=LONG_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
+@fuzzing.fuzz_budget(LONG_EXAMPLES)
 def test_fuzz_hostile_deltas_long(seed: int) -> None:
     run_case(seed, steps=6)
 
 
 def long_run(cases: int, seed: int) -> int:
-    crashes = 0
-    t0 = time.monotonic()
-    for i in range(cases):
-        try:
-            run_case(seed * 1_000_003 + i, steps=4)
-        except Exception:   # noqa: BLE001 - report every finding
-            crashes += 1
-            print(f"case {i}: CRASH (seed {seed * 1_000_003 + i})", file=sys.stderr)
-            traceback.print_exc()
-    dt = time.monotonic() - t0
-    print(f"{cases} cases in {dt:.0f}s ({cases / dt:.0f}/s), {crashes} crashes")
-    return crashes
+    """Case i is `run_case(seed * 1_000_003 + i)`: the number a crash names replays it alone."""
+    return fuzzing.long_run(cases, seed, lambda _rng: itertools.count(seed * 1_000_003),
+                            lambda case_seed: run_case(case_seed, steps=4),
+                            describe=lambda case_seed: f"run_case({case_seed}, steps=4)")
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--cases", type=int, default=200_000)
-    ap.add_argument("--seed", type=int, default=1)
-    a = ap.parse_args()
-    sys.exit(1 if long_run(a.cases, a.seed) else 0)
+    sys.exit(fuzzing.main(long_run, cases=200_000))

@@ -19,26 +19,24 @@ neither. A well-behaved subscriber (agent/node-b) runs beside it. What must hold
   bounded, and the metrics' labels only as type URLs the controller serves.
 Three budgets:
 - the unit suite: a hundred-odd examples (a few seconds);
-- `-m fuzz`: `AMBIT_FUZZ_EXAMPLES` examples (default 3,000);
+- `-m fuzz`: `AMBIT_FUZZ_EXAMPLES` examples (default 500);
 - a long local run: `python -m tests.unit.configstream.test_configserver_fuzz --cases 20000`.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
-import os
 import random
 import sys
 import time
-import traceback
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
@@ -58,11 +56,12 @@ from controller.ca.credentials import BootstrapTokens
 from controller.configserver import ConfigServer
 from controller.configserver.auth import NodeAuthenticator
 from controller.configserver.scope import scope
+from tests.support import fuzzing
 
 from .helpers import authz, peerauthn, service, workload
 
 UNIT_EXAMPLES = 120
-LONG_EXAMPLES = int(os.environ.get("AMBIT_FUZZ_EXAMPLES", "500"))   # (bounded: the unit suite runs it)
+LONG_EXAMPLES = fuzzing.fuzz_examples(500)   # (bounded: the unit suite runs it)
 
 WA1, WA2 = workload("a1", "node-a", ns="demo", ip="10.0.1.1"), workload("a2", "node-a", ns="demo", ip="10.0.1.2")
 WB1 = workload("b1", "node-b", ns="other", ip="10.0.2.1", waypoint="other/gw")
@@ -149,15 +148,6 @@ def view_names(node: NodeInfo, type_url: str) -> set[str]:
     return {r.resource_name for r in scope(node, type_url, SNAPSHOT)}
 
 
-class LogCatcher(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.messages: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(record.getMessage())
-
-
 @dataclass
 class Step:
     req: config_pb2.DeltaRequest | None = None
@@ -203,7 +193,7 @@ async def _scenario(token_ok: bool, first: config_pb2.DeltaRequest, steps: list[
                           authenticator=NodeAuthenticator(tokens, lambda n: PODS.get(n, set())))
     server.update(SNAPSHOT, "v1")
     server._loop = asyncio.get_running_loop()
-    catcher = LogCatcher()
+    catcher = fuzzing.LogCatcher()
     logger = logging.getLogger("ambit.controller.configserver")
     logger.addHandler(catcher)
     old_level = logger.level
@@ -376,14 +366,14 @@ def firsts(draw: Any) -> config_pb2.DeltaRequest:
 
 
 @given(st.just(True), firsts(), st.lists(steps(), max_size=14), st.booleans())
-@settings(max_examples=UNIT_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@fuzzing.unit_budget(UNIT_EXAMPLES)
 def test_config_stream_survives_arbitrary_requests(token_ok: bool, first: config_pb2.DeltaRequest, script: list[Step],
                                                    update_midway: bool) -> None:
     run_scenario(token_ok, first, script, update_midway)
 
 
 @given(firsts(), st.lists(steps(), max_size=4))
-@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@fuzzing.unit_budget(20)
 def test_config_stream_without_a_valid_credential_gets_nothing(first: config_pb2.DeltaRequest,
                                                                script: list[Step]) -> None:
     run_scenario(False, first, script, False)
@@ -391,7 +381,7 @@ def test_config_stream_without_a_valid_credential_gets_nothing(first: config_pb2
 
 @pytest.mark.fuzz
 @given(st.booleans(), firsts(), st.lists(steps(), max_size=30), st.booleans())
-@settings(max_examples=LONG_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
+@fuzzing.fuzz_budget(LONG_EXAMPLES)
 def test_fuzz_config_stream_long(token_ok: bool, first: config_pb2.DeltaRequest, script: list[Step],
                                  update_midway: bool) -> None:
     run_scenario(token_ok, first, script, update_midway)
@@ -419,33 +409,27 @@ def _rand(rng: random.Random) -> Step:
     return Step(req=req)
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--cases", type=int, default=2000)
-    ap.add_argument("--seed", type=int, default=None)
-    args = ap.parse_args(argv)
-    seed = args.seed if args.seed is not None else random.randrange(1 << 30)
-    rng = random.Random(seed)
+Scenario = tuple[bool, config_pb2.DeltaRequest, list[Step], bool]
+
+
+def _long_cases(rng: random.Random) -> Iterator[Scenario]:
+    """(credential valid, first message, script, update midway): an entitled or another node's
+    identity, then random steps."""
     firsts_ = [config_pb2.Node(kind="ztunnel", name="node-a"), config_pb2.Node(kind="agent", name="node-a"),
                config_pb2.Node(kind="waypoint", name="wp-0", waypoint="demo/gw"),
                config_pb2.Node(kind="agent", name="node-b")]
-    t0, failures = time.perf_counter(), 0
-    for i in range(args.cases):
+    while True:
         first = config_pb2.DeltaRequest(node=rng.choice(firsts_), type_url=rng.choice(TYPES), subscribe=True)
         script = [_rand(rng) for _ in range(rng.randint(0, 40))]
-        try:
-            run_scenario(rng.random() < 0.95, first, script, rng.random() < 0.5)
-        except Exception:   # noqa: BLE001 - report every failing case
-            failures += 1
-            print(f"case {i} (seed {seed}) failed: first={first} script={script!r}")
-            traceback.print_exc()
-            if failures >= 5:
-                break
-    dt = time.perf_counter() - t0
-    print(f"{i + 1} cases in {dt:.1f}s ({(i + 1) / dt:.0f}/s), {failures} failures, seed {seed}; "
-          f"{STATS['admitted']} of {STATS['runs']} callers served config")
-    return 1 if failures else 0
+        yield rng.random() < 0.95, first, script, rng.random() < 0.5
+
+
+def long_run(cases: int, seed: int) -> int:
+    crashes = fuzzing.long_run(cases, seed, _long_cases, lambda case: run_scenario(*case),
+                               describe=lambda case: f"first={case[1]} script={case[2]!r}", max_crashes=5)
+    print(f"{STATS['admitted']} of {STATS['runs']} callers served config")
+    return crashes
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(fuzzing.main(long_run, cases=2000, seed=None))

@@ -13,20 +13,18 @@ with SANs naming other identities and trust domains, non-ASCII names, unknown na
 duplicated extensions and bytes that are no DER; then random bit flips, truncations and splices of
 the to-be-signed part, and PEM framings with junk around. Three budgets:
 - the unit suite: a couple of hundred examples each (a few seconds);
-- `-m fuzz`: `AMBIT_FUZZ_EXAMPLES` examples each (default 3,000);
+- `-m fuzz`: `AMBIT_FUZZ_EXAMPLES` examples each (default 1,000);
 - a long local run: `python -m tests.unit.controller.test_ca_fuzz --cases 100000`.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import base64
-import os
 import random
 import sys
 import time
-import traceback
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import grpc
@@ -34,7 +32,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from ambit.api import ca_pb2
@@ -45,9 +43,10 @@ from controller.ca import (
     CSRRejected,
     generate_root,
 )
+from tests.support import fuzzing
 
 UNIT_EXAMPLES = 200
-LONG_EXAMPLES = int(os.environ.get("AMBIT_FUZZ_EXAMPLES", "1000"))   # (bounded: the unit suite runs it)
+LONG_EXAMPLES = fuzzing.fuzz_examples(1000)   # (bounded: the unit suite runs it)
 TD = "cluster.local"
 ID = f"spiffe://{TD}/ns/demo/sa/client"
 OTHER = f"spiffe://{TD}/ns/prod/sa/db"
@@ -247,13 +246,13 @@ def check_sign(csr: Csr, requested: str) -> None:
 
 
 @given(csrs(), identities)
-@settings(max_examples=UNIT_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@fuzzing.unit_budget(UNIT_EXAMPLES)
 def test_sign_csr_refuses_with_a_reason_or_signs_exactly_the_identity(csr: Csr, requested: str) -> None:
     check_sign(csr, requested)
 
 
 @given(st.binary(max_size=300), st.booleans(), identities)
-@settings(max_examples=UNIT_EXAMPLES, deadline=None)
+@fuzzing.unit_budget(UNIT_EXAMPLES, too_slow_ok=False)
 def test_sign_csr_survives_random_bytes(data: bytes, armoured: bool, requested: str) -> None:
     try:
         CA.sign_csr(pem(data) if armoured else data, requested)
@@ -306,7 +305,7 @@ def check_servicer(csr: Csr, requested: str, node: str, token_of: str, ttl: int)
 
 @given(csrs(), identities, st.sampled_from(["node-1", "node-2", "node-3"]),
        st.sampled_from(["node-1", "node-2", "node-3"]), st.sampled_from([0, 1, 3600, -1, 2**62, 2**63 - 1]))
-@settings(max_examples=UNIT_EXAMPLES // 2, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@fuzzing.unit_budget(UNIT_EXAMPLES // 2)
 def test_create_certificate_refuses_or_issues_only_what_the_node_may_have(csr: Csr, requested: str, node: str,
                                                                           token_of: str, ttl: int) -> None:
     check_servicer(csr, requested, node, token_of, ttl)
@@ -314,14 +313,14 @@ def test_create_certificate_refuses_or_issues_only_what_the_node_may_have(csr: C
 
 @pytest.mark.fuzz
 @given(csrs(), identities)
-@settings(max_examples=LONG_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
+@fuzzing.fuzz_budget(LONG_EXAMPLES)
 def test_fuzz_sign_csr_long(csr: Csr, requested: str) -> None:
     check_sign(csr, requested)
 
 
 @pytest.mark.fuzz
 @given(csrs(), identities, st.sampled_from(["node-1", "node-2"]), st.sampled_from(["node-1", "node-2"]))
-@settings(max_examples=LONG_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
+@fuzzing.fuzz_budget(LONG_EXAMPLES)
 def test_fuzz_create_certificate_long(csr: Csr, requested: str, node: str, token_of: str) -> None:
     check_servicer(csr, requested, node, token_of, 3600)
 
@@ -336,12 +335,10 @@ def _seed_tbs() -> list[bytes]:
                 attributes([[san_ok, extension(BASIC_CONSTRAINTS, tlv(0x30, b""), True)]]))]
 
 
-def long_run(cases: int, seed: int) -> int:
-    rng = random.Random(seed)
+def _long_cases(rng: random.Random) -> Iterator[bytes]:
+    """The to-be-signed parts of valid CSRs, mutated (signed in the check)."""
     seeds = _seed_tbs()
-    crashes = 0
-    t0 = time.monotonic()
-    for i in range(cases):
+    while True:
         b = bytearray(rng.choice(seeds))
         for _ in range(rng.randint(1, 4)):
             pos = rng.randrange(len(b))
@@ -354,21 +351,16 @@ def long_run(cases: int, seed: int) -> int:
                 b[pos:pos] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 8)))
             else:
                 del b[pos:pos + rng.randint(1, 8)]
-        csr = Csr(pem(signed(bytes(b), "p256")), "p256", "")
-        try:
-            check_sign(csr, ID)
-        except Exception:   # noqa: BLE001 - report every finding
-            crashes += 1
-            print(f"case {i}: CRASH on {bytes(b).hex()}", file=sys.stderr)
-            traceback.print_exc()
-    dt = time.monotonic() - t0
-    print(f"{cases} cases in {dt:.0f}s ({cases / dt:.0f}/s), {crashes} crashes")
-    return crashes
+        yield bytes(b)
+
+
+def _check_tbs(tbs_der: bytes) -> None:
+    check_sign(Csr(pem(signed(tbs_der, "p256")), "p256", ""), ID)
+
+
+def long_run(cases: int, seed: int) -> int:
+    return fuzzing.long_run(cases, seed, _long_cases, _check_tbs, describe=bytes.hex)
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--cases", type=int, default=100_000)
-    ap.add_argument("--seed", type=int, default=1)
-    a = ap.parse_args()
-    sys.exit(1 if long_run(a.cases, a.seed) else 0)
+    sys.exit(fuzzing.main(long_run, cases=100_000))

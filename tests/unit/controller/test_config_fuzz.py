@@ -26,32 +26,29 @@ And the admission webhook answers any AdmissionReview body (allowed, or denied w
 
 Three budgets, as tests/unit/dataplane/test_hbone_fuzz.py:
 - the unit suite: a hundred examples each (seconds);
-- `-m fuzz`: `AMBIT_FUZZ_EXAMPLES` examples each (default 200, bounded so the unit run takes it);
+- `-m fuzz`: `AMBIT_FUZZ_EXAMPLES` examples each (default 100, bounded so the unit run takes it);
 - a long local run: `python -m tests.unit.controller.test_config_fuzz --cases 100000` (random
   mutations, no shrinking; reports cases/s and every crash with its input).
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import copy
 import json
 import logging
-import os
 import random
 import signal
 import sys
 import threading
 import time
-import traceback
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from agent.streamsource import workload_pods
@@ -76,13 +73,14 @@ from controller.validation import (
     validate_all,
     validate_object,
 )
+from tests.support import fuzzing
 from tests.unit.controller.test_ingress import tls_secret
 from waypoint import config as waypoint_config
 from waypoint.authz import Waypoint
 from ztunnel import meshstate
 
 UNIT_EXAMPLES = 100
-LONG_EXAMPLES = int(os.environ.get("AMBIT_FUZZ_EXAMPLES", "100"))   # (bounded: the unit suite runs it)
+LONG_EXAMPLES = fuzzing.fuzz_examples(100)   # (bounded: the unit suite runs it)
 STEP_LIMIT = 5.0        # seconds any one step may take before it counts as a hang
 
 SHARED = Path(__file__).resolve().parents[4] / "shared"
@@ -707,7 +705,7 @@ def test_every_seed_is_valid_and_the_world_translates_and_applies_cleanly() -> N
 
 
 @given(st.sampled_from(KEYS), st.data())
-@settings(max_examples=UNIT_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@fuzzing.unit_budget(UNIT_EXAMPLES)
 def test_mutated_config_is_refused_by_name_or_applied_end_to_end(key: tuple[str, str, str], data: st.DataObject) -> None:
     c = Drawn(data)
     more = [(k, mutated(k, c)) for k in data.draw(st.lists(st.sampled_from(RICH_KEYS), max_size=1))]
@@ -716,7 +714,7 @@ def test_mutated_config_is_refused_by_name_or_applied_end_to_end(key: tuple[str,
 
 @pytest.mark.fuzz
 @given(st.sampled_from(KEYS), st.data())
-@settings(max_examples=LONG_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
+@fuzzing.fuzz_budget(LONG_EXAMPLES)
 def test_fuzz_mutated_config_long(key: tuple[str, str, str], data: st.DataObject) -> None:
     test_mutated_config_is_refused_by_name_or_applied_end_to_end.hypothesis.inner_test(key, data)
 
@@ -745,7 +743,7 @@ def review(op: Any, obj: Any, old: Any = None, uid: Any = "u1") -> Obj:
 
 
 @given(st.sampled_from(KEYS), st.data())
-@settings(max_examples=UNIT_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@fuzzing.unit_budget(UNIT_EXAMPLES)
 def test_admission_answers_any_review(key: tuple[str, str, str], data: st.DataObject) -> None:
     c = Drawn(data)
     old = WORLD[key] if data.draw(st.booleans()) else mutated(key, c)
@@ -757,41 +755,35 @@ def test_admission_answers_any_review(key: tuple[str, str, str], data: st.DataOb
 
 
 @given(st.binary(max_size=200) | values.map(lambda v: json.dumps(v, allow_nan=True).encode()))
-@settings(max_examples=UNIT_EXAMPLES, deadline=None)
+@fuzzing.unit_budget(UNIT_EXAMPLES, too_slow_ok=False)
 def test_admission_answers_any_body(body: bytes) -> None:
     check_admission(body)
 
 
 # --- the long local run: random mutation, no shrinking -------------------------------------------
 
-def long_run(cases: int, seed: int) -> int:
-    rng = random.Random(seed)
+Case = tuple[tuple[str, str, str], Any, list[tuple[tuple[str, str, str], Any]]]
+
+
+def _long_cases(rng: random.Random) -> Iterator[Case]:
+    """A seed mutated, now and then with rich seeds mutated beside it."""
     c = Rolled(rng)
-    crashes = 0
-    t0 = time.monotonic()
-    for i in range(cases):
+    while True:
         key = rng.choice(KEYS if rng.random() < 0.5 else RICH_KEYS)
         obj = mutated(key, c)
-        more = [(k, mutated(k, c)) for k in rng.sample(RICH_KEYS, rng.choice((0, 0, 1, 2)))]
-        try:
-            check(key, obj, *more)
-        except Exception:   # noqa: BLE001 - report every finding
-            crashes += 1
-            print(f"case {i}: CRASH on {key}: {json.dumps(obj, default=repr)[:4000]}", file=sys.stderr)
-            for k, o in more:
-                print(f"  with {k}: {json.dumps(o, default=repr)[:4000]}", file=sys.stderr)
-            traceback.print_exc()
-        if i and i % 1000 == 0:
-            print(f"{i} cases, {crashes} crashes, {i / (time.monotonic() - t0):.1f}/s", file=sys.stderr)
-    dt = time.monotonic() - t0
-    print(f"{cases} cases in {dt:.0f}s ({cases / dt:.1f}/s), {crashes} crashes")
-    return crashes
+        yield key, obj, [(k, mutated(k, c)) for k in rng.sample(RICH_KEYS, rng.choice((0, 0, 1, 2)))]
+
+
+def _described(case: Case) -> str:
+    key, obj, more = case
+    return "\n".join([f"{key}: {json.dumps(obj, default=repr)[:4000]}",
+                      *(f"  with {k}: {json.dumps(o, default=repr)[:4000]}" for k, o in more)])
+
+
+def long_run(cases: int, seed: int) -> int:
+    return fuzzing.long_run(cases, seed, _long_cases, lambda case: check(case[0], case[1], *case[2]),
+                            describe=_described, progress_every=1000)
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--cases", type=int, default=100_000)
-    ap.add_argument("--seed", type=int, default=1)
-    a = ap.parse_args()
-    sys.exit(1 if long_run(a.cases, a.seed) else 0)
-
+    sys.exit(fuzzing.main(long_run, cases=100_000))

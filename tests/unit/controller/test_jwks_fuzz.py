@@ -15,36 +15,35 @@ a row for one source, so a bad answer follows a good one. What must hold:
 - what the endpoint said reaches the log only printable.
 Three budgets:
 - the unit suite: a couple of hundred examples each (a few seconds);
-- `-m fuzz`: `AMBIT_FUZZ_EXAMPLES` examples each (default 3,000);
+- `-m fuzz`: `AMBIT_FUZZ_EXAMPLES` examples each (default 600);
 - a long local run: `python -m tests.unit.controller.test_jwks_fuzz --cases 20000`.
 """
 
 from __future__ import annotations
 
-import argparse
 import base64
 import json
 import logging
-import os
 import random
 import sys
 import time
-import traceback
+from collections.abc import Iterator
 from typing import Any
 
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from ambit.jwk import public_members
 from ambit.model import JwtRule
 from controller.jwks import MAX_RSA_MODULUS_B64, JwksCache
+from tests.support import fuzzing
 from waypoint.authn.jwt import provider
 
 UNIT_EXAMPLES = 200
-LONG_EXAMPLES = int(os.environ.get("AMBIT_FUZZ_EXAMPLES", "600"))   # (bounded: the unit suite runs it)
+LONG_EXAMPLES = fuzzing.fuzz_examples(600)   # (bounded: the unit suite runs it)
 SOURCE = "https://idp.example/jwks"
 
 
@@ -64,15 +63,6 @@ def b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
-class LogCatcher(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.messages: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(record.getMessage())
-
-
 def usable(key: Any) -> bool:
     if not isinstance(key, dict) or any(k in key and not isinstance(key[k], str) for k in ("kid", "alg", "use", "kty")):
         return False
@@ -87,7 +77,7 @@ def usable(key: Any) -> bool:
 
 
 def check(docs: list[bytes]) -> None:
-    catcher = LogCatcher()
+    catcher = fuzzing.LogCatcher()
     logger = logging.getLogger("ambit.controller.jwks")
     logger.addHandler(catcher)
     try:
@@ -166,14 +156,14 @@ def documents(draw: Any) -> bytes:
 
 
 @given(st.lists(documents(), min_size=1, max_size=4))
-@settings(max_examples=UNIT_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@fuzzing.unit_budget(UNIT_EXAMPLES)
 def test_jwks_documents_keep_the_last_good_set_and_inline_only_usable_keys(docs: list[bytes]) -> None:
     check(docs)
 
 
 @pytest.mark.fuzz
 @given(st.lists(documents(), min_size=1, max_size=8))
-@settings(max_examples=LONG_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
+@fuzzing.fuzz_budget(LONG_EXAMPLES)
 def test_fuzz_jwks_documents_long(docs: list[bytes]) -> None:
     check(docs)
 
@@ -183,15 +173,9 @@ def test_fuzz_jwks_documents_long(docs: list[bytes]) -> None:
 JUNK: list[Any] = [None, True, 0, -1, 2**70, 1.5, "", "x", [], {}, [1], {"a": 1}, "AQAB", "kid\nx"]
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--cases", type=int, default=20000)
-    ap.add_argument("--seed", type=int, default=None)
-    args = ap.parse_args(argv)
-    seed = args.seed if args.seed is not None else random.randrange(1 << 30)
-    rng = random.Random(seed)
-    t0, failures, i = time.perf_counter(), 0, 0
-    for i in range(args.cases):
+def _long_cases(rng: random.Random) -> Iterator[list[bytes]]:
+    """1 to 4 documents in a row: valid keys with fields replaced or left out, now and then a byte."""
+    while True:
         docs = []
         for _ in range(rng.randint(1, 4)):
             ks = [dict(rng.choice(GOOD)) for _ in range(rng.randint(0, 4))]
@@ -206,18 +190,12 @@ def main(argv: list[str] | None = None) -> int:
                 j = rng.randrange(len(doc))
                 doc = doc[:j] + bytes([rng.randrange(256)]) + doc[j + 1:]
             docs.append(doc)
-        try:
-            check(docs)
-        except Exception:   # noqa: BLE001 - report every failing case
-            failures += 1
-            print(f"case {i} (seed {seed}) failed: {docs!r}")
-            traceback.print_exc()
-            if failures >= 5:
-                break
-    dt = time.perf_counter() - t0
-    print(f"{i + 1} cases in {dt:.1f}s ({(i + 1) / dt:.0f}/s), {failures} failures, seed {seed}")
-    return 1 if failures else 0
+        yield docs
+
+
+def long_run(cases: int, seed: int) -> int:
+    return fuzzing.long_run(cases, seed, _long_cases, check, max_crashes=5)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(fuzzing.main(long_run, cases=20000, seed=None))

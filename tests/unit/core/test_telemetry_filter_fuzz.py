@@ -11,18 +11,18 @@ Three budgets, as tests/unit/dataplane/test_hbone_fuzz.py (no long-run mode: exp
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from ambit.telemetryfilter import FilterError, check_filter, check_value, compile_filter, compile_value
+from tests.support import fuzzing
 
 UNIT_EXAMPLES = 400
-LONG_EXAMPLES = int(os.environ.get("AMBIT_FUZZ_EXAMPLES", "3000"))
+LONG_EXAMPLES = fuzzing.fuzz_examples(3000)
 PIECES = ["response.code", "request.method", "request.path", "connection.mtls", "request.other", "&&", "||", "!",
           "(", ")", "==", "!=", "<", "<=", ">", ">=", "400", "0", "99999999999999999999", '"GET"', "'x'", '"',
           "true", "false", " ", "\t", "\\", "@", "1.5", "-1", "a.b.c", "response.code>=500"]
@@ -58,25 +58,25 @@ def check(expr: str, a: dict[str, Any]) -> None:
 
 
 @given(expressions, attrs)
-@settings(max_examples=UNIT_EXAMPLES, deadline=None)
+@fuzzing.unit_budget(UNIT_EXAMPLES, too_slow_ok=False)
 def test_any_expression_parses_or_is_refused_and_evaluates_on_any_attributes(expr: str, a: dict[str, Any]) -> None:
     check(expr, a)
 
 
 @given(st.sampled_from(["(", "!", "!("]), st.integers(1, 5000), st.sampled_from(["connection.mtls", ""]))
-@settings(max_examples=40, deadline=None)
+@fuzzing.unit_budget(40, too_slow_ok=False)
 def test_deep_nesting(prefix: str, depth: int, core: str) -> None:
     check(prefix * depth + core + ")" * (depth if "(" in prefix else 0), {"connection.mtls": True})
 
 
 @given(st.integers(1, 6000))
-@settings(max_examples=20, deadline=None)
+@fuzzing.unit_budget(20, too_slow_ok=False)
 def test_long_number_literals(digits: int) -> None:
     check("response.code >= " + "9" * digits, {"response.code": 200})
 
 
 @pytest.mark.fuzz
 @given(expressions, attrs)
-@settings(max_examples=LONG_EXAMPLES, deadline=None)
+@fuzzing.fuzz_budget(LONG_EXAMPLES, health_checks=True)
 def test_fuzz_expressions_long(expr: str, a: dict[str, Any]) -> None:
     check(expr, a)

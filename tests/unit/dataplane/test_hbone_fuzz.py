@@ -11,16 +11,14 @@ parses nothing more; the events are well-formed. Three budgets:
 
 from __future__ import annotations
 
-import argparse
-import os
 import random
 import sys
 import time
-import traceback
+from collections.abc import Iterator
 
 import hpack
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from ambit.dataplane.hbone import frames as f
@@ -34,9 +32,10 @@ from ambit.dataplane.hbone.connection import (
     StreamReset,
     WindowAvailable,
 )
+from tests.support import fuzzing
 
 UNIT_EXAMPLES = 300
-LONG_EXAMPLES = int(os.environ.get("AMBIT_FUZZ_EXAMPLES", "3000"))
+LONG_EXAMPLES = fuzzing.fuzz_examples(3000)
 TYPES = [f.DATA, f.HEADERS, f.PRIORITY, f.RST_STREAM, f.SETTINGS, f.PUSH_PROMISE, f.PING, f.GOAWAY,
          f.WINDOW_UPDATE, f.CONTINUATION, 0xA, 0xFF]
 
@@ -102,25 +101,16 @@ header_value = st.one_of(
 header_lists = st.lists(st.tuples(header_name, header_value), max_size=8)
 
 
-def split(data: bytes, cuts: list[int]) -> list[bytes]:
-    out, pos = [], 0
-    for c in sorted(set(c % (len(data) + 1) for c in cuts)):
-        out.append(data[pos:c])
-        pos = c
-    out.append(data[pos:])
-    return [b for b in out if b]
-
-
 @given(st.lists(raw_frames, max_size=12), st.lists(st.integers(min_value=0, max_value=10_000), max_size=6),
        st.booleans())
-@settings(max_examples=UNIT_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@fuzzing.unit_budget(UNIT_EXAMPLES)
 def test_frame_parser_survives_arbitrary_frames(frames: list[bytes], cuts: list[int], preface: bool) -> None:
     wire = (f.PREFACE if preface else b"") + b"".join(frames)
-    check(split(wire, cuts))
+    check(fuzzing.split(wire, cuts))
 
 
 @given(st.lists(header_lists, min_size=1, max_size=4), st.booleans(), st.booleans())
-@settings(max_examples=UNIT_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@fuzzing.unit_budget(UNIT_EXAMPLES)
 def test_connect_handling_survives_arbitrary_headers(lists: list[list[tuple[str, str]]], end_stream: bool,
                                                      data_after: bool) -> None:
     enc = hpack.Encoder()
@@ -140,15 +130,14 @@ def test_connect_handling_survives_arbitrary_headers(lists: list[list[tuple[str,
 @pytest.mark.fuzz
 @given(st.lists(raw_frames, max_size=24), st.lists(st.integers(min_value=0, max_value=10_000), max_size=8),
        st.booleans())
-@settings(max_examples=LONG_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
+@fuzzing.fuzz_budget(LONG_EXAMPLES)
 def test_fuzz_frame_parser_long(frames: list[bytes], cuts: list[int], preface: bool) -> None:
-    wire = (f.PREFACE if preface else b"") + b"".join(frames)
-    check(split(wire, cuts))
+    test_frame_parser_survives_arbitrary_frames.hypothesis.inner_test(frames, cuts, preface)
 
 
 @pytest.mark.fuzz
 @given(st.lists(header_lists, min_size=1, max_size=6), st.booleans())
-@settings(max_examples=LONG_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
+@fuzzing.fuzz_budget(LONG_EXAMPLES)
 def test_fuzz_connect_handling_long(lists: list[list[tuple[str, str]]], end_stream: bool) -> None:
     test_connect_handling_survives_arbitrary_headers.hypothesis.inner_test(lists, end_stream, True)
 
@@ -170,26 +159,17 @@ def _seed_conversations() -> list[bytes]:
     return seeds
 
 
+def _insert_frame(rng: random.Random, b: bytearray, pos: int) -> None:
+    b[pos:pos] = frame(rng.choice(TYPES), rng.randrange(256), rng.randrange(8),
+                       bytes(rng.randrange(256) for _ in range(rng.randrange(16))))
+
+
+MUTATIONS = (fuzzing.set_byte, fuzzing.insert_random(16), fuzzing.delete(32), _insert_frame,
+             fuzzing.splice(64, longer_than=24, start=24), fuzzing.flip_bit)
+
+
 def mutate(rng: random.Random, data: bytes) -> bytes:
-    b = bytearray(data)
-    for _ in range(rng.randint(1, 6)):
-        op = rng.randrange(6)
-        pos = rng.randrange(len(b) + 1)
-        if op == 0 and b:
-            b[min(pos, len(b) - 1)] = rng.randrange(256)
-        elif op == 1:
-            b[pos:pos] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 16)))
-        elif op == 2 and b:
-            del b[pos:pos + rng.randint(1, 32)]
-        elif op == 3:
-            b[pos:pos] = frame(rng.choice(TYPES), rng.randrange(256), rng.randrange(8),
-                               bytes(rng.randrange(256) for _ in range(rng.randrange(16))))
-        elif op == 4 and len(b) > 24:
-            i = rng.randrange(24, len(b))
-            b[pos:pos] = b[i:i + rng.randint(1, 64)]       # splice a piece of itself
-        elif op == 5 and b:
-            b[min(pos, len(b) - 1)] ^= 1 << rng.randrange(8)
-    return bytes(b)
+    return fuzzing.mutate_bytes(rng, data, MUTATIONS, most=6)
 
 
 def _frames(wire: bytes) -> list[bytes]:
@@ -283,32 +263,20 @@ def test_whole_reads_and_short_reads_agree_on_valid_and_mutated_conversations() 
     assert compared > 400, "too few conversations survived to compare their output"
 
 
-def long_run(cases: int, seed: int) -> int:
-    rng = random.Random(seed)
+def _long_cases(rng: random.Random) -> Iterator[tuple[bytes, list[int]]]:
+    """Mutated seed conversations, each cut into up to four reads."""
     seeds = _seed_conversations()
-    crashes = 0
-    t0 = time.monotonic()
-    for i in range(cases):
+    while True:
         data = mutate(rng, rng.choice(seeds))
-        try:
-            check(split(data, [rng.randrange(len(data) + 1) for _ in range(rng.randrange(4))]))
-        except Exception:   # noqa: BLE001 - report every finding
-            crashes += 1
-            print(f"case {i}: CRASH on {data!r}", file=sys.stderr)
-            traceback.print_exc()
-        if i and i % 100_000 == 0:
-            print(f"{i} cases, {crashes} crashes, {i / (time.monotonic() - t0):.0f}/s", file=sys.stderr)
-    dt = time.monotonic() - t0
-    print(f"{cases} cases in {dt:.0f}s ({cases / dt:.0f}/s), {crashes} crashes")
-    return crashes
+        yield data, [rng.randrange(len(data) + 1) for _ in range(rng.randrange(4))]
+
+
+def long_run(cases: int, seed: int) -> int:
+    return fuzzing.long_run(cases, seed, _long_cases, lambda case: check(fuzzing.split(*case)))
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--cases", type=int, default=1_000_000)
-    ap.add_argument("--seed", type=int, default=1)
-    a = ap.parse_args()
-    sys.exit(1 if long_run(a.cases, a.seed) else 0)
+    sys.exit(fuzzing.main(long_run, cases=1_000_000))
 
 
 @pytest.mark.parametrize("name", [b":authority", b"forwarded"])

@@ -12,26 +12,25 @@ events come. Three budgets, as tests/unit/dataplane/test_hbone_fuzz.py: the unit
 
 from __future__ import annotations
 
-import argparse
 import logging
-import os
 import random
 import struct
 import sys
 import time
-import traceback
+from collections.abc import Iterator
 
 import h2.events
 import h2.exceptions
 import hpack
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from ambit.dataplane.nghttp2 import NgHttp2Connection
+from tests.support import fuzzing
 
 UNIT_EXAMPLES = 300
-LONG_EXAMPLES = int(os.environ.get("AMBIT_FUZZ_EXAMPLES", "800"))
+LONG_EXAMPLES = fuzzing.fuzz_examples(800)
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY, WINDOW_UPDATE, CONTINUATION = range(10)
 END_STREAM, END_HEADERS = 0x1, 0x4
@@ -147,33 +146,17 @@ def conversations(draw: st.DrawFn, client: bool) -> bytes:
     return bytes(wire)
 
 
-def split(data: bytes, cuts: list[int]) -> list[bytes]:
-    out, pos = [], 0
-    for c in sorted({c % (len(data) + 1) for c in cuts}):
-        out.append(data[pos:c])
-        pos = c
-    out.append(data[pos:])
-    return [b for b in out if b]
+def _insert_frame(rng: random.Random, b: bytearray, pos: int) -> None:
+    b[pos:pos] = frame(rng.choice(TYPES), rng.randrange(256), rng.choice([0, 1, 3]),
+                       bytes(rng.randrange(256) for _ in range(rng.randrange(12))))
+
+
+MUTATIONS = (fuzzing.before_end(fuzzing.set_byte), _insert_frame, fuzzing.before_end(fuzzing.delete(12)),
+             fuzzing.splice(40, longer_than=30), fuzzing.before_end(fuzzing.flip_bit))
 
 
 def mutate(rng: random.Random, data: bytes) -> bytes:
-    b = bytearray(data)
-    for _ in range(rng.randint(1, 5)):
-        op = rng.randrange(5)
-        pos = rng.randrange(len(b) + 1)
-        if op == 0 and pos < len(b):
-            b[pos] = rng.randrange(256)
-        elif op == 1:
-            b[pos:pos] = frame(rng.choice(TYPES), rng.randrange(256), rng.choice([0, 1, 3]),
-                               bytes(rng.randrange(256) for _ in range(rng.randrange(12))))
-        elif op == 2 and pos < len(b):
-            del b[pos:pos + rng.randint(1, 12)]
-        elif op == 3 and len(b) > 30:
-            i = rng.randrange(len(b))
-            b[pos:pos] = b[i:i + rng.randint(1, 40)]
-        elif op == 4 and pos < len(b):
-            b[pos] ^= 1 << rng.randrange(8)
-    return bytes(b)
+    return fuzzing.mutate_bytes(rng, data, MUTATIONS, most=5)
 
 
 # --- properties --------------------------------------------------------------------------------
@@ -181,18 +164,18 @@ def mutate(rng: random.Random, data: bytes) -> bytes:
 @pytest.mark.parametrize("client", [False, True], ids=["server", "client"])
 def test_random_frames(client: bool) -> None:
     @given(st.lists(raw_frames, max_size=12), st.lists(st.integers(0, 2000), max_size=4), st.booleans())
-    @settings(max_examples=UNIT_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @fuzzing.unit_budget(UNIT_EXAMPLES)
     def t(frames: list[bytes], cuts: list[int], preface: bool) -> None:
-        check(split((PREFACE if preface and not client else b"") + b"".join(frames), cuts), client)
+        check(fuzzing.split((PREFACE if preface and not client else b"") + b"".join(frames), cuts), client)
     t()
 
 
 @pytest.mark.parametrize("client", [False, True], ids=["server", "client"])
 def test_conversations_and_their_mutations(client: bool) -> None:
     @given(conversations(client), st.integers(0, 2**32), st.booleans(), st.lists(st.integers(0, 4000), max_size=4))
-    @settings(max_examples=UNIT_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @fuzzing.unit_budget(UNIT_EXAMPLES)
     def t(wire: bytes, seed: int, mutated: bool, cuts: list[int]) -> None:
-        check(split(mutate(random.Random(seed), wire) if mutated else wire, cuts), client)
+        check(fuzzing.split(mutate(random.Random(seed), wire) if mutated else wire, cuts), client)
     t()
 
 
@@ -201,17 +184,16 @@ def test_conversations_and_their_mutations(client: bool) -> None:
 def test_fuzz_nghttp2_long(client: bool) -> None:
     @given(st.one_of(conversations(client), st.lists(raw_frames, max_size=20).map(b"".join)), st.integers(0, 2**32),
            st.booleans(), st.lists(st.integers(0, 8000), max_size=6))
-    @settings(max_examples=LONG_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
+    @fuzzing.fuzz_budget(LONG_EXAMPLES)
     def t(wire: bytes, seed: int, mutated: bool, cuts: list[int]) -> None:
-        check(split(mutate(random.Random(seed), wire) if mutated else wire, cuts), client)
+        check(fuzzing.split(mutate(random.Random(seed), wire) if mutated else wire, cuts), client)
     t()
 
 
 # --- the long local run ---------------------------------------------------------------------------
 
-def long_run(cases: int, seed: int) -> int:
-    rng = random.Random(seed)
-    hs = random.Random(seed + 1)
+def _long_cases(rng: random.Random, cuts: random.Random) -> Iterator[tuple[bool, bytes, list[int]]]:
+    """(client side, the bytes, where they are cut): a valid conversation of each side, mutated."""
     enc = hpack.Encoder()
     req = enc.encode(REQUEST)
     seeds = [(False, PREFACE + frame(SETTINGS, 0, 0, b"") + frame(HEADERS, END_HEADERS, 1, req)
@@ -220,25 +202,16 @@ def long_run(cases: int, seed: int) -> int:
              (True, frame(SETTINGS, 0, 0, b"") + frame(HEADERS, END_HEADERS, 1, hpack.Encoder().encode([(b":status", b"200")]))
               + frame(DATA, 0, 1, b"abc") + frame(HEADERS, END_HEADERS | END_STREAM, 1,
                                                   hpack.Encoder().encode([(b"grpc-status", b"0")])))]
-    crashes = 0
-    t0 = time.monotonic()
-    for i in range(cases):
+    while True:
         client, wire = rng.choice(seeds)
         data = mutate(rng, wire)
-        try:
-            check(split(data, [hs.randrange(len(data) + 1) for _ in range(hs.randrange(4))]), client)
-        except Exception:   # noqa: BLE001 - report every finding
-            crashes += 1
-            print(f"case {i}: CRASH ({'client' if client else 'server'}) on {data!r}", file=sys.stderr)
-            traceback.print_exc()
-    dt = time.monotonic() - t0
-    print(f"{cases} cases in {dt:.0f}s ({cases / dt:.0f}/s), {crashes} crashes")
-    return crashes
+        yield client, data, [cuts.randrange(len(data) + 1) for _ in range(cuts.randrange(4))]
+
+
+def long_run(cases: int, seed: int) -> int:
+    return fuzzing.long_run(cases, seed, lambda rng: _long_cases(rng, random.Random(seed + 1)),
+                            lambda case: check(fuzzing.split(case[1], case[2]), case[0]))
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--cases", type=int, default=200_000)
-    ap.add_argument("--seed", type=int, default=1)
-    a = ap.parse_args()
-    sys.exit(1 if long_run(a.cases, a.seed) else 0)
+    sys.exit(fuzzing.main(long_run, cases=200_000))

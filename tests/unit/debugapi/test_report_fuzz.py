@@ -18,25 +18,23 @@ events likewise, against readers with every kind of filter. What must hold:
 - a feed upload never raises; what reaches a reader encodes as its tap stream does.
 Three budgets:
 - the unit suite: a couple of hundred examples each (a few seconds);
-- `-m fuzz`: `AMBIT_FUZZ_EXAMPLES` examples each (default 3,000);
+- `-m fuzz`: `AMBIT_FUZZ_EXAMPLES` examples each (default 500);
 - a long local run: `python -m tests.unit.debugapi.test_report_fuzz --cases 20000`.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
-import os
 import random
 import sys
 import time
-import traceback
+from collections.abc import Iterator
 from typing import Any
 
 import grpc
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
@@ -54,9 +52,10 @@ from controller.debug.service import _event
 from controller.waypoints.bindcondition import condition_of
 from controller.waypoints.ingress_status import bind_failures
 from controller.waypoints.podcondition import PodConditionWriter
+from tests.support import fuzzing
 
 UNIT_EXAMPLES = 200
-LONG_EXAMPLES = int(os.environ.get("AMBIT_FUZZ_EXAMPLES", "500"))   # (bounded: the unit suite runs it)
+LONG_EXAMPLES = fuzzing.fuzz_examples(500)   # (bounded: the unit suite runs it)
 ALLOWED_CODES = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.PERMISSION_DENIED,
                  grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.RESOURCE_EXHAUSTED}
 PODS = {"node-a": {("demo", "gw", "wp-0")}, "node-b": {("other", "gw", "wp-1")}}
@@ -248,27 +247,27 @@ events = st.one_of(
 
 
 @given(st.one_of(entitled_nodes, nodes), st.text(max_size=10), state_bytes(), st.booleans())
-@settings(max_examples=UNIT_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@fuzzing.unit_budget(UNIT_EXAMPLES)
 def test_status_reports_survive_arbitrary_state(node: config_pb2.Node, version: str, state: bytes, token_ok: bool) -> None:
     run_report(node, version, state, token_ok)
 
 
 @given(st.lists(events, max_size=6), st.integers(0, 2**64 - 1), st.integers(0, 3), st.text(max_size=20))
-@settings(max_examples=UNIT_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@fuzzing.unit_budget(UNIT_EXAMPLES)
 def test_feed_uploads_survive_arbitrary_events(evs: list[bytes], dropped: int, scrape: int, metrics: str) -> None:
     run_upload(evs, dropped, scrape, metrics)
 
 
 @pytest.mark.fuzz
 @given(st.one_of(entitled_nodes, nodes), st.text(max_size=10), state_bytes(), st.booleans())
-@settings(max_examples=LONG_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
+@fuzzing.fuzz_budget(LONG_EXAMPLES)
 def test_fuzz_status_reports_long(node: config_pb2.Node, version: str, state: bytes, token_ok: bool) -> None:
     run_report(node, version, state, token_ok)
 
 
 @pytest.mark.fuzz
 @given(st.lists(events, max_size=12), st.integers(0, 2**64 - 1), st.integers(0, 3), st.text(max_size=20))
-@settings(max_examples=LONG_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
+@fuzzing.fuzz_budget(LONG_EXAMPLES)
 def test_fuzz_feed_uploads_long(evs: list[bytes], dropped: int, scrape: int, metrics: str) -> None:
     run_upload(evs, dropped, scrape, metrics)
 
@@ -291,35 +290,30 @@ def mutate(rng: random.Random, value: Any, depth: int = 0) -> Any:
     return value
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--cases", type=int, default=2000)
-    ap.add_argument("--seed", type=int, default=None)
-    args = ap.parse_args(argv)
-    seed = args.seed if args.seed is not None else random.randrange(1 << 30)
-    rng = random.Random(seed)
-    t0, failures, i = time.perf_counter(), 0, 0
-    for i in range(args.cases):
+def _long_cases(rng: random.Random) -> Iterator[tuple[config_pb2.Node, bytes, Any]]:
+    """(the reporter, its state's bytes, the state): the valid report mutated, now and then nested deep."""
+    while True:
         state = mutate(rng, VALID)
         raw = json.dumps(state).encode()
         if rng.random() < 0.1:
             raw = nest(state, rng.choice([10, 40, 800, 3000]), rng.choice(["list", "dict"])).encode()
         node = rng.choice([config_pb2.Node(kind="waypoint", name="wp-0", waypoint="demo/gw"),
                            config_pb2.Node(kind="ztunnel", name="node-a")])
-        try:
-            run_report(node, "1.0", raw)
-            run_upload([raw, json.dumps({"type": "flow", **(state if isinstance(state, dict) else {})}).encode()],
-                       0, 0, "")
-        except Exception:   # noqa: BLE001 - report every failing case
-            failures += 1
-            print(f"case {i} (seed {seed}) failed: {raw[:300]!r}")
-            traceback.print_exc()
-            if failures >= 5:
-                break
-    dt = time.perf_counter() - t0
-    print(f"{i + 1} cases in {dt:.1f}s ({(i + 1) / dt:.0f}/s), {failures} failures, seed {seed}")
-    return 1 if failures else 0
+        yield node, raw, state
+
+
+def _check_case(case: tuple[config_pb2.Node, bytes, Any]) -> None:
+    """The state reported, then uploaded as tap events (itself, and as a flow's fields)."""
+    node, raw, state = case
+    run_report(node, "1.0", raw)
+    run_upload([raw, json.dumps({"type": "flow", **(state if isinstance(state, dict) else {})}).encode()],
+               0, 0, "")
+
+
+def long_run(cases: int, seed: int) -> int:
+    return fuzzing.long_run(cases, seed, _long_cases, _check_case, describe=lambda case: repr(case[1][:300]),
+                            max_crashes=5)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(fuzzing.main(long_run, cases=2000, seed=None))

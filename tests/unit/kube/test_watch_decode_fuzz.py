@@ -20,32 +20,31 @@ type. What must hold:
   and the consumer is told only of such objects.
 Three budgets:
 - the unit suite: a few hundred examples each (a few seconds);
-- `-m fuzz`: `AMBIT_FUZZ_EXAMPLES` examples each (default 3,000);
+- `-m fuzz`: `AMBIT_FUZZ_EXAMPLES` examples each (default 600);
 - a long local run: `python -m tests.unit.kube.test_watch_decode_fuzz --cases 200000`.
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
-import os
 import random
 import sys
 import time
-import traceback
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from ambit.kube.client import make_api_client
 from ambit.kube.reflector import Change, Reflector, _Gone
 from ambit.kube.resource import Resource
+from tests.support import fuzzing
 
 UNIT_EXAMPLES = 300
-LONG_EXAMPLES = int(os.environ.get("AMBIT_FUZZ_EXAMPLES", "600"))   # (bounded: the unit suite runs it)
+LONG_EXAMPLES = fuzzing.fuzz_examples(600)   # (bounded: the unit suite runs it)
 CLIENT = make_api_client("http://127.0.0.1:9")      # never called
 PODS = Resource("", ("v1",), "pods", "Pod", True)
 SELECTED = Resource("", ("v1",), "configmaps", "ConfigMap", True, label_selector="app=web,tier!=db",
@@ -202,27 +201,27 @@ def pages(draw: Any) -> bytes:
 
 
 @given(st.sampled_from(RESOURCES), st.lists(events(), min_size=1, max_size=8))
-@settings(max_examples=UNIT_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@fuzzing.unit_budget(UNIT_EXAMPLES)
 def test_watch_lines_never_leave_a_half_decoded_object(resource: Resource, lines: list[bytes]) -> None:
     feed_lines(resource, lines)
 
 
 @given(st.sampled_from(RESOURCES), pages())
-@settings(max_examples=UNIT_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@fuzzing.unit_budget(UNIT_EXAMPLES)
 def test_list_pages_decode_whole_or_not_at_all(resource: Resource, raw: bytes) -> None:
     feed_page(resource, raw)
 
 
 @pytest.mark.fuzz
 @given(st.sampled_from(RESOURCES), st.lists(events(), min_size=1, max_size=16))
-@settings(max_examples=LONG_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
+@fuzzing.fuzz_budget(LONG_EXAMPLES)
 def test_fuzz_watch_lines_long(resource: Resource, lines: list[bytes]) -> None:
     feed_lines(resource, lines)
 
 
 @pytest.mark.fuzz
 @given(st.sampled_from(RESOURCES), pages())
-@settings(max_examples=LONG_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
+@fuzzing.fuzz_budget(LONG_EXAMPLES)
 def test_fuzz_list_pages_long(resource: Resource, raw: bytes) -> None:
     feed_page(resource, raw)
 
@@ -244,35 +243,27 @@ def mutate(rng: random.Random, value: Any, depth: int = 0) -> Any:
     return value
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--cases", type=int, default=20000)
-    ap.add_argument("--seed", type=int, default=None)
-    args = ap.parse_args(argv)
-    seed = args.seed if args.seed is not None else random.randrange(1 << 30)
-    rng = random.Random(seed)
+def _long_cases(rng: random.Random) -> Iterator[tuple[Resource, list[bytes], bytes]]:
+    """(the resource, watch lines, a list page): valid events and a valid page, mutated."""
     valid = [{"type": t, "object": pod(n, rv=str(rng.randint(11, 99)))} for t in ("ADDED", "MODIFIED", "DELETED")
              for n in "abc"] + [{"type": "BOOKMARK", "object": {"metadata": {"resourceVersion": "50"}}},
                                 {"type": "ERROR", "object": {"kind": "Status", "code": 410}}]
-    t0, failures, i = time.perf_counter(), 0, 0
-    for i in range(args.cases):
+    while True:
         lines = [json.dumps(mutate(rng, rng.choice(valid))).encode() for _ in range(rng.randint(1, 8))]
         page = json.dumps(mutate(rng, {"metadata": {"resourceVersion": "10", "continue": "t"},
                                        "items": [pod("a"), pod("b")]})).encode()
-        resource = rng.choice(RESOURCES)
-        try:
-            feed_lines(resource, lines)
-            feed_page(resource, page)
-        except Exception:   # noqa: BLE001 - report every failing case
-            failures += 1
-            print(f"case {i} (seed {seed}) failed: {lines!r} {page!r}")
-            traceback.print_exc()
-            if failures >= 5:
-                break
-    dt = time.perf_counter() - t0
-    print(f"{i + 1} cases in {dt:.1f}s ({(i + 1) / dt:.0f}/s), {failures} failures, seed {seed}")
-    return 1 if failures else 0
+        yield rng.choice(RESOURCES), lines, page
+
+
+def _check_case(case: tuple[Resource, list[bytes], bytes]) -> None:
+    resource, lines, page = case
+    feed_lines(resource, lines)
+    feed_page(resource, page)
+
+
+def long_run(cases: int, seed: int) -> int:
+    return fuzzing.long_run(cases, seed, _long_cases, _check_case, max_crashes=5)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(fuzzing.main(long_run, cases=20000, seed=None))

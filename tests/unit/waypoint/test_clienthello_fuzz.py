@@ -13,24 +13,23 @@ records of any size) it is exactly the name that was sent. Three budgets:
 
 from __future__ import annotations
 
-import argparse
 import functools
-import os
 import random
 import re
 import ssl
 import sys
 import time
-import traceback
+from collections.abc import Iterator
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
+from tests.support import fuzzing
 from waypoint.clienthello import MAX_BUFFER, NEED_MORE, Hello, HelloReader, Malformed, NeedMore, parse
 
 UNIT_EXAMPLES = 300
-LONG_EXAMPLES = int(os.environ.get("AMBIT_FUZZ_EXAMPLES", "3000"))
+LONG_EXAMPLES = fuzzing.fuzz_examples(3000)
 DNS_NAME = re.compile(r"(?:[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?\.)*[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?")
 
 
@@ -63,15 +62,6 @@ def records(hello: bytes, sizes: list[int]) -> bytes:
     return bytes(out) + hello[5 + len(hs):]
 
 
-def split(data: bytes, cuts: list[int]) -> list[bytes]:
-    out, pos = [], 0
-    for c in sorted({c % (len(data) + 1) for c in cuts}):
-        out.append(data[pos:c])
-        pos = c
-    out.append(data[pos:])
-    return [b for b in out if b]
-
-
 def feed(chunks: list[bytes]):
     """Feed `chunks` to one reader; assert the invariants on each step; the final verdict."""
     r = HelloReader()
@@ -102,7 +92,7 @@ def same_verdict(a: object, b: object) -> bool:
 
 def check(data: bytes, cuts: list[int]) -> object:
     whole = feed([data])
-    pieces = feed(split(data, cuts))
+    pieces = feed(fuzzing.split(data, cuts))
     if len(data) <= MAX_BUFFER:
         assert same_verdict(whole, pieces), (whole, pieces)
     return whole
@@ -117,30 +107,25 @@ alpns = st.sampled_from([(), ("h2",), ("h2", "http/1.1"), ("x" * 200,)])
 cuts = st.lists(st.integers(min_value=0, max_value=100_000), max_size=6)
 
 
+def _nudge_length(rng: random.Random, b: bytearray, pos: int) -> None:
+    """A length field nudged: the parser's favourite target."""
+    if len(b) > 8:
+        i = rng.randrange(len(b) - 1)
+        v = (int.from_bytes(b[i:i + 2], "big") + rng.choice((-2, -1, 1, 2, 256, -256))) % 65536
+        b[i:i + 2] = v.to_bytes(2, "big")
+
+
+# (the splice of itself: a repeated extension)
+MUTATIONS = (fuzzing.set_byte, fuzzing.flip_bit, fuzzing.insert_random(8), fuzzing.delete(16), _nudge_length,
+             fuzzing.splice(64, longer_than=8))
+
+
 def mutate(rng: random.Random, data: bytes) -> bytes:
-    b = bytearray(data)
-    for _ in range(rng.randint(1, 5)):
-        op, pos = rng.randrange(6), rng.randrange(len(b) + 1)
-        if op == 0 and b:
-            b[min(pos, len(b) - 1)] = rng.randrange(256)
-        elif op == 1 and b:
-            b[min(pos, len(b) - 1)] ^= 1 << rng.randrange(8)
-        elif op == 2:
-            b[pos:pos] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 8)))
-        elif op == 3 and b:
-            del b[pos:pos + rng.randint(1, 16)]
-        elif op == 4 and len(b) > 8:         # a length field nudged: the parser's favourite target
-            i = rng.randrange(len(b) - 1)
-            v = (int.from_bytes(b[i:i + 2], "big") + rng.choice((-2, -1, 1, 2, 256, -256))) % 65536
-            b[i:i + 2] = v.to_bytes(2, "big")
-        elif op == 5 and len(b) > 8:
-            i = rng.randrange(len(b))
-            b[pos:pos] = b[i:i + rng.randint(1, 64)]     # a splice of itself (a repeated extension)
-    return bytes(b)
+    return fuzzing.mutate_bytes(rng, data, MUTATIONS, most=5)
 
 
 @given(st.one_of(st.none(), names), alpns, st.booleans(), st.lists(st.integers(1, 400), max_size=3), cuts)
-@settings(max_examples=UNIT_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@fuzzing.unit_budget(UNIT_EXAMPLES)
 def test_a_real_hello_gives_exactly_the_name_sent_however_cut(name: str | None, alpn: tuple[str, ...], tls12: bool,
                                                               sizes: list[int], cuts_: list[int]) -> None:
     hello = client_hello(name, alpn, tls12)
@@ -148,20 +133,20 @@ def test_a_real_hello_gives_exactly_the_name_sent_however_cut(name: str | None, 
     want = Hello(name.lower() if name else None)
     if len(data) <= MAX_BUFFER:
         assert feed([data]) == want
-        assert feed(split(data, cuts_)) == want
-        assert feed(split(data + b"\x17\x03\x03\x00\x05hello", cuts_)) == want    # what follows is not ours
+        assert feed(fuzzing.split(data, cuts_)) == want
+        assert feed(fuzzing.split(data + b"\x17\x03\x03\x00\x05hello", cuts_)) == want    # what follows is not ours
         assert parse(data[:len(data) - 1]) == NEED_MORE
 
 
 @given(st.binary(max_size=600), cuts)
-@settings(max_examples=UNIT_EXAMPLES, deadline=None)
+@fuzzing.unit_budget(UNIT_EXAMPLES, too_slow_ok=False)
 def test_random_bytes_are_need_more_or_malformed(data: bytes, cuts_: list[int]) -> None:
     check(data, cuts_)
     check(b"\x16\x03\x01" + data, cuts_)       # past the record type check
 
 
 @given(st.one_of(st.none(), names), alpns, st.booleans(), st.integers(0, 2**32), cuts)
-@settings(max_examples=UNIT_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@fuzzing.unit_budget(UNIT_EXAMPLES)
 def test_mutated_real_hellos_never_raise_and_name_only_dns_names(name: str | None, alpn: tuple[str, ...], tls12: bool,
                                                                  seed: int, cuts_: list[int]) -> None:
     check(mutate(random.Random(seed), client_hello(name, alpn, tls12)), cuts_)
@@ -182,7 +167,7 @@ hosts = st.one_of(names.map(str.encode), st.binary(min_size=1, max_size=70),
 
 
 @given(hosts, st.integers(1, 300), st.integers(0, 2**32))
-@settings(max_examples=UNIT_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@fuzzing.unit_budget(UNIT_EXAMPLES)
 def test_a_server_name_of_any_bytes_is_returned_only_when_it_is_a_dns_name(host: bytes, size: int, seed: int) -> None:
     """The name's bytes replaced (every length fixed up): returned as sent, lower-cased, when they
     are a DNS host name; Malformed otherwise."""
@@ -219,7 +204,7 @@ def test_a_server_name_of_any_bytes_is_returned_only_when_it_is_a_dns_name(host:
 
 @pytest.mark.fuzz
 @given(st.one_of(st.none(), names), alpns, st.booleans(), st.integers(0, 2**32), cuts)
-@settings(max_examples=LONG_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
+@fuzzing.fuzz_budget(LONG_EXAMPLES)
 def test_fuzz_mutated_hellos_long(name: str | None, alpn: tuple[str, ...], tls12: bool, seed: int,
                                   cuts_: list[int]) -> None:
     check(mutate(random.Random(seed), client_hello(name, alpn, tls12)), cuts_)
@@ -227,38 +212,26 @@ def test_fuzz_mutated_hellos_long(name: str | None, alpn: tuple[str, ...], tls12
 
 @pytest.mark.fuzz
 @given(st.binary(max_size=2000), cuts)
-@settings(max_examples=LONG_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
+@fuzzing.fuzz_budget(LONG_EXAMPLES)
 def test_fuzz_random_records_long(data: bytes, cuts_: list[int]) -> None:
     check(b"\x16\x03\x01" + data, cuts_)
 
 
 # --- the long local run -----------------------------------------------------------------------------
 
-def long_run(cases: int, seed: int) -> int:
-    rng = random.Random(seed)
+def _long_cases(rng: random.Random) -> Iterator[tuple[bytes, list[int]]]:
+    """Mutated real hellos (and the same re-cut into records), each cut into up to four reads."""
     seeds = [client_hello(n, a, t) for n in (None, "pass.example.com", "a.b")
              for a in ((), ("h2", "http/1.1")) for t in (False, True)]
     seeds += [records(s, [rng.randint(1, 300)]) for s in seeds]
-    crashes = 0
-    t0 = time.monotonic()
-    for i in range(cases):
+    while True:
         data = mutate(rng, rng.choice(seeds))
-        try:
-            check(data, [rng.randrange(len(data) + 1) for _ in range(rng.randrange(4))])
-        except Exception:   # noqa: BLE001 - report every finding
-            crashes += 1
-            print(f"case {i}: CRASH on {data!r}", file=sys.stderr)
-            traceback.print_exc()
-        if i and i % 100_000 == 0:
-            print(f"{i} cases, {crashes} crashes, {i / (time.monotonic() - t0):.0f}/s", file=sys.stderr)
-    dt = time.monotonic() - t0
-    print(f"{cases} cases in {dt:.0f}s ({cases / dt:.0f}/s), {crashes} crashes")
-    return crashes
+        yield data, [rng.randrange(len(data) + 1) for _ in range(rng.randrange(4))]
+
+
+def long_run(cases: int, seed: int) -> int:
+    return fuzzing.long_run(cases, seed, _long_cases, lambda case: check(*case))
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--cases", type=int, default=1_000_000)
-    ap.add_argument("--seed", type=int, default=1)
-    a = ap.parse_args()
-    sys.exit(1 if long_run(a.cases, a.seed) else 0)
+    sys.exit(fuzzing.main(long_run, cases=1_000_000))

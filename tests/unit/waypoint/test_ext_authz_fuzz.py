@@ -13,22 +13,22 @@ an allowing check never edits a header the proxy owns (framing, Host, pseudo-hea
 
 from __future__ import annotations
 
-import os
 import struct
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from ambit.api import ext_authz_pb2 as pb
 from ambit.httpfields import PROXY_OWNED_HEADERS
 from ambit.model import ExtAuthzProvider
+from tests.support import fuzzing
 from waypoint.authz import extauthz_grpc, extauthz_http
 from waypoint.authz.extauthz import ALLOWED, DENIED, RESULTS, CheckResult, edit_request, edit_response
 
 UNIT_EXAMPLES = 300
-LONG_EXAMPLES = int(os.environ.get("AMBIT_FUZZ_EXAMPLES", "1000"))
+LONG_EXAMPLES = fuzzing.fuzz_examples(1000)
 TOKEN = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyz")
 HTTP = ExtAuthzProvider("p", "http", "authz", 80, headers_to_upstream_on_allow=["x-*", "content-length", "host"],
                         headers_to_downstream_on_allow=["*-set", "x-*"])
@@ -117,7 +117,7 @@ parsed_values = st.one_of(st.sampled_from(["v", "", "0", "host, content-length, 
 
 @given(st.integers(200, 599), st.lists(st.tuples(parsed_names, parsed_values), max_size=6), st.binary(max_size=40),
        st.booleans())
-@settings(max_examples=UNIT_EXAMPLES, deadline=None)
+@fuzzing.unit_budget(UNIT_EXAMPLES, too_slow_ok=False)
 def test_any_http_authorizer_answer(status: int, headers: list[tuple[str, str]], body: bytes, on_deny: bool) -> None:
     """What the waypoint's HTTP legs can deliver (a final status, fields their parsers accept:
     a token name, a value of bytes without CR, LF or NUL), anything within that."""
@@ -125,7 +125,7 @@ def test_any_http_authorizer_answer(status: int, headers: list[tuple[str, str]],
 
 
 @given(st.integers(0, 999), header_lists, grpc_bodies(), grpc_status)
-@settings(max_examples=UNIT_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@fuzzing.unit_budget(UNIT_EXAMPLES)
 def test_any_grpc_authorizer_answer(status: int, headers: list[tuple[str, str]], body: bytes,
                                     trailers: Any) -> None:
     checked(extauthz_grpc.interpret(status if status % 3 else 200, headers, body, trailers))
@@ -133,6 +133,6 @@ def test_any_grpc_authorizer_answer(status: int, headers: list[tuple[str, str]],
 
 @pytest.mark.fuzz
 @given(grpc_bodies(), grpc_status)
-@settings(max_examples=LONG_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
+@fuzzing.fuzz_budget(LONG_EXAMPLES)
 def test_fuzz_grpc_check_responses_long(body: bytes, trailers: Any) -> None:
     checked(extauthz_grpc.interpret(200, [("content-type", "application/grpc")], body, trailers))

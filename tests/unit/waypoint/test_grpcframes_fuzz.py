@@ -6,17 +6,17 @@ inside one, and keeps at most a prefix's 4 bytes. (gRPC-Web is not gRPC here: he
 
 from __future__ import annotations
 
-import os
 import struct
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
+from tests.support import fuzzing
 from waypoint.http.grpcframes import MessageCounter
 
 UNIT_EXAMPLES = 400
-LONG_EXAMPLES = int(os.environ.get("AMBIT_FUZZ_EXAMPLES", "3000"))
+LONG_EXAMPLES = fuzzing.fuzz_examples(3000)
 
 
 def reference(body: bytes) -> tuple[int, bool]:
@@ -49,13 +49,13 @@ def check(body: bytes, cuts: list[int]) -> None:
 
 
 @given(bodies, st.lists(st.integers(0, 400), max_size=6))
-@settings(max_examples=UNIT_EXAMPLES, deadline=None)
+@fuzzing.unit_budget(UNIT_EXAMPLES, too_slow_ok=False)
 def test_any_body_cut_anywhere_is_counted_as_in_one_go(body: bytes, cuts: list[int]) -> None:
     check(body, cuts)
 
 
 @pytest.mark.fuzz
 @given(bodies, st.lists(st.integers(0, 400), max_size=10))
-@settings(max_examples=LONG_EXAMPLES, deadline=None)
+@fuzzing.fuzz_budget(LONG_EXAMPLES, health_checks=True)
 def test_fuzz_grpc_frames_long(body: bytes, cuts: list[int]) -> None:
     check(body, cuts)

@@ -18,24 +18,22 @@ Three budgets, as tests/unit/dataplane/test_hbone_fuzz.py: the unit suite, `-m f
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
-import os
 import random
 import re
 import sys
 import time
-import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import httptools
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
+from tests.support import fuzzing
 from tests.unit.waypoint.fakes import FakeTransport
 from tests.unit.waypoint.test_http1_sansio import MALFORMED, PIPELINE, OriginConn, echo
 from waypoint.http.engine import Engine, UpstreamTarget
@@ -46,7 +44,7 @@ from waypoint.http.settings import HttpSettings
 from waypoint.request import Downstream, Forward
 
 UNIT_EXAMPLES = 150
-LONG_EXAMPLES = int(os.environ.get("AMBIT_FUZZ_EXAMPLES", "500"))
+LONG_EXAMPLES = fuzzing.fuzz_examples(500)
 SETTINGS = HttpSettings(max_header_bytes=4 * 1024, max_headers=20, drain_timeout=0)
 MAX_READ = 4096
 
@@ -212,12 +210,8 @@ def check(run: Run, upstream_ok: bool = True, head: bool = False) -> list[int]:
 
 
 def split(data: bytes, cuts: list[int]) -> list[bytes]:
-    out, pos = [], 0
-    for c in sorted({c % (len(data) + 1) for c in cuts}):
-        out.append(data[pos:c])
-        pos = c
-    out.append(data[pos:])
-    return [b[i:i + MAX_READ] for b in out if b for i in range(0, len(b), MAX_READ)]
+    """`fuzzing.split`'s reads, none longer than a transport's read (MAX_READ)."""
+    return [b[i:i + MAX_READ] for b in fuzzing.split(data, cuts) for i in range(0, len(b), MAX_READ)]
 
 
 # --- strategies --------------------------------------------------------------------------------
@@ -272,29 +266,28 @@ def requests(draw: st.DrawFn) -> bytes:
     return line + head + b"\r\n" + body
 
 
+def _set_special(rng: random.Random, b: bytearray, pos: int) -> None:
+    if b:
+        b[min(pos, len(b) - 1)] = rng.choice(b"\x00\r\n :;\t\x7f\xff0aZ")
+
+
+def _insert_special(rng: random.Random, b: bytearray, pos: int) -> None:
+    b[pos:pos] = rng.choice([b"\r\n", b"\n", b"\r\n\r\n", b"\x00", b"transfer-encoding: chunked\r\n",
+                             b"content-length: 3\r\n", b"0\r\n\r\n", b"GET / HTTP/1.1\r\nhost: h\r\n\r\n",
+                             b"a" * 3000])
+
+
+def _insert_hex(rng: random.Random, b: bytearray, pos: int) -> None:
+    b[pos:pos] = b"%x" % rng.choice([0, 1, 15, 2**31, 2**63, 2**64 - 1])
+
+
 def mutate(rng: random.Random, data: bytes) -> bytes:
-    b = bytearray(data)
-    for _ in range(rng.randint(1, 4)):
-        op = rng.randrange(7)
-        pos = rng.randrange(len(b) + 1)
-        if op == 0 and b:
-            b[min(pos, len(b) - 1)] = rng.choice(b"\x00\r\n :;\t\x7f\xff0aZ")
-        elif op == 1:
-            b[pos:pos] = rng.choice([b"\r\n", b"\n", b"\r\n\r\n", b"\x00", b"transfer-encoding: chunked\r\n",
-                                     b"content-length: 3\r\n", b"0\r\n\r\n", b"GET / HTTP/1.1\r\nhost: h\r\n\r\n",
-                                     b"a" * 3000])
-        elif op == 2 and b:
-            del b[pos:pos + rng.randint(1, 16)]
-        elif op == 3 and len(b) > 4:
-            i = rng.randrange(len(b))
-            b[pos:pos] = b[i:i + rng.randint(1, 64)]
-        elif op == 4 and b:
-            b[min(pos, len(b) - 1)] ^= 1 << rng.randrange(8)
-        elif op == 5:
-            b[pos:pos] = b"%x" % rng.choice([0, 1, 15, 2**31, 2**63, 2**64 - 1])
-        elif op == 6:
-            b = b + bytes(data)     # pipelined: the same again
-    return bytes(b)
+    def pipelined(_rng: random.Random, b: bytearray, _pos: int) -> None:
+        b += data       # the same again
+
+    return fuzzing.mutate_bytes(rng, data, (_set_special, _insert_special, fuzzing.delete(16),
+                                            fuzzing.splice(64, longer_than=4), fuzzing.flip_bit, _insert_hex,
+                                            pipelined), most=4)
 
 
 # --- responses an origin may send ------------------------------------------------------------------
@@ -321,13 +314,13 @@ def origin_responses(draw: st.DrawFn) -> bytes:
 # --- properties --------------------------------------------------------------------------------
 
 @given(st.binary(max_size=300), st.lists(st.integers(0, 400), max_size=4))
-@settings(max_examples=UNIT_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@fuzzing.unit_budget(UNIT_EXAMPLES)
 def test_random_bytes(data: bytes, cuts: list[int]) -> None:
     check(drive(split(data, cuts)), head=b"HEAD" in data)
 
 
 @given(st.lists(requests(), min_size=1, max_size=4), st.lists(st.integers(0, 10_000), max_size=5))
-@settings(max_examples=UNIT_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@fuzzing.unit_budget(UNIT_EXAMPLES)
 def test_generated_requests_split_anywhere(reqs: list[bytes], cuts: list[int]) -> None:
     data = b"".join(reqs)
     check(drive(split(data, cuts)), head=b"HEAD" in data)
@@ -344,7 +337,7 @@ SEEDS = [PIPELINE, *MALFORMED.values(),
 
 
 @given(st.sampled_from(SEEDS), st.integers(0, 2**32), st.lists(st.integers(0, 10_000), max_size=5))
-@settings(max_examples=UNIT_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@fuzzing.unit_budget(UNIT_EXAMPLES)
 def test_mutated_valid_requests(seed: bytes, rng_seed: int, cuts: list[int]) -> None:
     data = mutate(random.Random(rng_seed), seed)
     check(drive(split(data, cuts)), head=b"HEAD" in data)
@@ -357,7 +350,7 @@ REQ = b"GET /a HTTP/1.1\r\nhost: h\r\n\r\n"
        st.sampled_from([REQ, b"HEAD /h HTTP/1.1\r\nhost: h\r\n\r\n",
                         b"POST /p HTTP/1.1\r\nhost: h\r\ncontent-length: 2\r\n\r\nab",
                         b"GET /ws HTTP/1.1\r\nhost: h\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n"]))
-@settings(max_examples=UNIT_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@fuzzing.unit_budget(UNIT_EXAMPLES)
 def test_any_origin_response(resp: bytes, rng_seed: int, mutated: bool, req: bytes) -> None:
     """Whatever the origin answers: the client gets its response, a 502 or a cut connection;
     never an exception; the client's next request never gets the rest of this response."""
@@ -369,7 +362,7 @@ def test_any_origin_response(resp: bytes, rng_seed: int, mutated: bool, req: byt
 @pytest.mark.fuzz
 @given(st.one_of(st.sampled_from(SEEDS), st.lists(requests(), min_size=1, max_size=6).map(b"".join)),
        st.integers(0, 2**32), st.booleans(), st.lists(st.integers(0, 20_000), max_size=8))
-@settings(max_examples=LONG_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
+@fuzzing.fuzz_budget(LONG_EXAMPLES)
 def test_fuzz_requests_long(data: bytes, rng_seed: int, mutated: bool, cuts: list[int]) -> None:
     data = mutate(random.Random(rng_seed), data) if mutated else data
     check(drive(split(data, cuts)), head=b"HEAD" in data)
@@ -377,7 +370,7 @@ def test_fuzz_requests_long(data: bytes, rng_seed: int, mutated: bool, cuts: lis
 
 @pytest.mark.fuzz
 @given(st.one_of(origin_responses(), st.binary(max_size=400)), st.integers(0, 2**32), st.booleans())
-@settings(max_examples=LONG_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
+@fuzzing.fuzz_budget(LONG_EXAMPLES)
 def test_fuzz_origin_responses_long(resp: bytes, rng_seed: int, mutated: bool) -> None:
     wire = mutate(random.Random(rng_seed), resp) if mutated else resp
     check(drive([REQ, REQ], answer=lambda url, body: wire), upstream_ok=False)
@@ -385,38 +378,32 @@ def test_fuzz_origin_responses_long(resp: bytes, rng_seed: int, mutated: bool) -
 
 # --- the long local run ---------------------------------------------------------------------------
 
+ORIGIN_SEEDS = [b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+                b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\nx-t: 1\r\n\r\n",
+                b"HTTP/1.1 204 No Content\r\n\r\n", b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n\r\nbody"]
+
+
+def _long_cases(rng: random.Random) -> Iterator[tuple[str, bytes, list[int]]]:
+    """("origin", a mutated response, no cuts) or ("client", mutated requests, where they are cut)."""
+    while True:
+        if rng.random() < 0.3:
+            yield "origin", mutate(rng, rng.choice(ORIGIN_SEEDS)), []
+        else:
+            data = mutate(rng, rng.choice(SEEDS))
+            yield "client", data, [rng.randrange(len(data) + 1) for _ in range(rng.randrange(4))]
+
+
+def _check_case(case: tuple[str, bytes, list[int]]) -> None:
+    side, data, cuts = case
+    if side == "origin":
+        check(drive([REQ, REQ], answer=lambda url, body: data), upstream_ok=False)
+    else:
+        check(drive(split(data, cuts)), head=b"HEAD" in data)
+
+
 def long_run(cases: int, seed: int) -> int:
-    rng = random.Random(seed)
-    crashes = 0
-    t0 = time.monotonic()
-    resp = [b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
-            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\nx-t: 1\r\n\r\n",
-            b"HTTP/1.1 204 No Content\r\n\r\n", b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n\r\nbody"]
-    for i in range(cases):
-        upstream = rng.random() < 0.3
-        data = mutate(rng, rng.choice(resp if upstream else SEEDS))
-        try:
-            if upstream:
-                check(drive([REQ, REQ], answer=lambda url, body, d=data: d), upstream_ok=False)
-            else:
-                check(drive(split(data, [rng.randrange(len(data) + 1) for _ in range(rng.randrange(4))])),
-                      head=b"HEAD" in data)
-        except Exception:   # noqa: BLE001 - report every finding
-            crashes += 1
-            print(f"case {i}: CRASH ({'origin' if upstream else 'client'}) on {data!r}", file=sys.stderr)
-            traceback.print_exc()
-    dt = time.monotonic() - t0
-    print(f"{cases} cases in {dt:.0f}s ({cases / dt:.0f}/s), {crashes} crashes")
-    return crashes
+    return fuzzing.long_run(cases, seed, _long_cases, _check_case)
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--cases", type=int, default=20_000)
-    ap.add_argument("--seed", type=int, default=1)
-    a = ap.parse_args()
-    logging.basicConfig(level=logging.CRITICAL)
-    sys.exit(1 if long_run(a.cases, a.seed) else 0)
-
-
-
+    sys.exit(fuzzing.main(long_run, cases=20_000, setup=lambda: logging.basicConfig(level=logging.CRITICAL)))

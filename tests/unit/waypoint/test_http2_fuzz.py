@@ -17,22 +17,21 @@ Three budgets, as tests/unit/dataplane/test_hbone_fuzz.py: the unit suite, `-m f
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
-import os
 import random
 import struct
 import sys
 import time
-import traceback
+from collections.abc import Iterator
 from typing import Any
 
 import hpack
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
+from tests.support import fuzzing
 from tests.unit.waypoint.fakes import FakeTransport
 from tests.unit.waypoint.test_http1_fuzz import Findings, Origin
 from tests.unit.waypoint.test_http1_sansio import echo
@@ -42,7 +41,7 @@ from waypoint.http.settings import HttpSettings
 from waypoint.request import Downstream, Forward
 
 UNIT_EXAMPLES = 150
-LONG_EXAMPLES = int(os.environ.get("AMBIT_FUZZ_EXAMPLES", "500"))
+LONG_EXAMPLES = fuzzing.fuzz_examples(500)
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY, WINDOW_UPDATE, CONTINUATION = range(10)
 END_STREAM, END_HEADERS, PADDED, PRIO = 0x1, 0x4, 0x8, 0x20
@@ -203,33 +202,21 @@ def conversations(draw: st.DrawFn) -> bytes:
     return bytes(wire)
 
 
-def split(data: bytes, cuts: list[int]) -> list[bytes]:
-    out, pos = [], 0
-    for c in sorted({c % (len(data) + 1) for c in cuts}):
-        out.append(data[pos:c])
-        pos = c
-    out.append(data[pos:])
-    return [b for b in out if b]
+def _insert_frame(rng: random.Random, b: bytearray, pos: int) -> None:
+    b[pos:pos] = frame(rng.choice(TYPES), rng.randrange(256), rng.choice([0, 1, 3, 5]),
+                       bytes(rng.randrange(256) for _ in range(rng.randrange(12))))
+
+
+def _after_preface(rng: random.Random, b: bytearray) -> int:
+    return rng.randrange(len(PREFACE), len(b) + 1) if len(b) > len(PREFACE) else rng.randrange(len(b) + 1)
+
+
+MUTATIONS = (fuzzing.before_end(fuzzing.set_byte), _insert_frame, fuzzing.before_end(fuzzing.delete(12)),
+             fuzzing.splice(40, longer_than=30, start=len(PREFACE)), fuzzing.before_end(fuzzing.flip_bit))
 
 
 def mutate(rng: random.Random, data: bytes) -> bytes:
-    b = bytearray(data)
-    for _ in range(rng.randint(1, 4)):
-        op = rng.randrange(5)
-        pos = rng.randrange(len(PREFACE), len(b) + 1) if len(b) > len(PREFACE) else rng.randrange(len(b) + 1)
-        if op == 0 and pos < len(b):
-            b[pos] = rng.randrange(256)
-        elif op == 1:
-            b[pos:pos] = frame(rng.choice(TYPES), rng.randrange(256), rng.choice([0, 1, 3, 5]),
-                               bytes(rng.randrange(256) for _ in range(rng.randrange(12))))
-        elif op == 2 and pos < len(b):
-            del b[pos:pos + rng.randint(1, 12)]
-        elif op == 3 and len(b) > 30:
-            i = rng.randrange(len(PREFACE), len(b))
-            b[pos:pos] = b[i:i + rng.randint(1, 40)]
-        elif op == 4 and pos < len(b):
-            b[pos] ^= 1 << rng.randrange(8)
-    return bytes(b)
+    return fuzzing.mutate_bytes(rng, data, MUTATIONS, most=4, at=_after_preface)
 
 
 # --- properties --------------------------------------------------------------------------------
@@ -237,27 +224,27 @@ def mutate(rng: random.Random, data: bytes) -> bytes:
 @pytest.mark.parametrize("codec", CODECS)
 def test_random_frames_after_the_preface(codec: str) -> None:
     @given(st.lists(raw_frames, max_size=10), st.lists(st.integers(0, 2000), max_size=4), st.booleans())
-    @settings(max_examples=UNIT_EXAMPLES // 2, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @fuzzing.unit_budget(UNIT_EXAMPLES // 2)
     def t(frames: list[bytes], cuts: list[int], preface: bool) -> None:
-        check(split((PREFACE if preface else b"") + b"".join(frames), cuts), codec)
+        check(fuzzing.split((PREFACE if preface else b"") + b"".join(frames), cuts), codec)
     t()
 
 
 @pytest.mark.parametrize("codec", CODECS)
 def test_conversations_with_arbitrary_fields(codec: str) -> None:
     @given(conversations(), st.lists(st.integers(0, 4000), max_size=4))
-    @settings(max_examples=UNIT_EXAMPLES // 2, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @fuzzing.unit_budget(UNIT_EXAMPLES // 2)
     def t(wire: bytes, cuts: list[int]) -> None:
-        check(split(wire, cuts), codec)
+        check(fuzzing.split(wire, cuts), codec)
     t()
 
 
 @pytest.mark.parametrize("codec", CODECS)
 def test_mutated_conversations(codec: str) -> None:
     @given(conversations(), st.integers(0, 2**32), st.lists(st.integers(0, 4000), max_size=4))
-    @settings(max_examples=UNIT_EXAMPLES // 2, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @fuzzing.unit_budget(UNIT_EXAMPLES // 2)
     def t(wire: bytes, seed: int, cuts: list[int]) -> None:
-        check(split(mutate(random.Random(seed), wire), cuts), codec)
+        check(fuzzing.split(mutate(random.Random(seed), wire), cuts), codec)
     t()
 
 
@@ -266,9 +253,9 @@ def test_mutated_conversations(codec: str) -> None:
 def test_fuzz_h2_long(codec: str) -> None:
     @given(st.one_of(conversations(), st.lists(raw_frames, max_size=16).map(lambda fs: PREFACE + b"".join(fs))),
            st.integers(0, 2**32), st.booleans(), st.lists(st.integers(0, 8000), max_size=6))
-    @settings(max_examples=LONG_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
+    @fuzzing.fuzz_budget(LONG_EXAMPLES)
     def t(wire: bytes, seed: int, mutated: bool, cuts: list[int]) -> None:
-        check(split(mutate(random.Random(seed), wire) if mutated else wire, cuts), codec)
+        check(fuzzing.split(mutate(random.Random(seed), wire) if mutated else wire, cuts), codec)
     t()
 
 
@@ -286,29 +273,17 @@ def _seeds() -> list[bytes]:
             + frame(RST_STREAM, 0, 3, struct.pack(">I", 8)) + frame(GOAWAY, 0, 0, bytes(8))]
 
 
-def long_run(cases: int, seed: int) -> int:
-    rng = random.Random(seed)
+def _long_cases(rng: random.Random) -> Iterator[tuple[bytes, str, list[int]]]:
+    """(the bytes, the codec, where they are cut): a seed conversation, mutated."""
     seeds = _seeds()
-    crashes = 0
-    t0 = time.monotonic()
-    for i in range(cases):
+    while True:
         data = mutate(rng, rng.choice(seeds))
-        codec = rng.choice(CODECS)
-        try:
-            check(split(data, [rng.randrange(len(data) + 1) for _ in range(rng.randrange(4))]), codec)
-        except Exception:   # noqa: BLE001 - report every finding
-            crashes += 1
-            print(f"case {i}: CRASH ({codec}) on {data!r}", file=sys.stderr)
-            traceback.print_exc()
-    dt = time.monotonic() - t0
-    print(f"{cases} cases in {dt:.0f}s ({cases / dt:.0f}/s), {crashes} crashes")
-    return crashes
+        yield data, rng.choice(CODECS), [rng.randrange(len(data) + 1) for _ in range(rng.randrange(4))]
+
+
+def long_run(cases: int, seed: int) -> int:
+    return fuzzing.long_run(cases, seed, _long_cases, lambda case: check(fuzzing.split(case[0], case[2]), case[1]))
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--cases", type=int, default=20_000)
-    ap.add_argument("--seed", type=int, default=1)
-    a = ap.parse_args()
-    logging.basicConfig(level=logging.CRITICAL)
-    sys.exit(1 if long_run(a.cases, a.seed) else 0)
+    sys.exit(fuzzing.main(long_run, cases=20_000, setup=lambda: logging.basicConfig(level=logging.CRITICAL)))

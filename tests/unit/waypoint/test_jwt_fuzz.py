@@ -13,29 +13,28 @@ unit suite runs it too), and a long local run
 
 from __future__ import annotations
 
-import argparse
 import base64
 import json
-import os
 import random
 import sys
 import time
-import traceback
+from collections.abc import Iterator
 from typing import Any
 
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from ambit.jwtclaims import claim_values, routing_claim, space_delimited
 from ambit.model import JwtRule
+from tests.support import fuzzing
 from waypoint.authn.jwt import Outcome, authenticate, providers
 from waypoint.request import RequestHead
 
 UNIT_EXAMPLES = 200
-LONG_EXAMPLES = int(os.environ.get("AMBIT_FUZZ_EXAMPLES", "400"))   # (signing costs ~1 ms)
+LONG_EXAMPLES = fuzzing.fuzz_examples(400)   # (signing costs ~1 ms)
 ISS = "https://issuer.example"
 NOW = 1_800_000_000.0
 RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -137,8 +136,8 @@ def signed_tokens(draw: st.DrawFn) -> str:
     extra = draw(st.dictionaries(st.sampled_from(["typ", "cty", "crit", "b64", "x"]), json_value, max_size=2))
     try:
         return jwt.encode(body, key, algorithm=alg_, headers={"kid": kid, **extra})
-    except (TypeError, ValueError, OverflowError):
-        return "x.y.z"      # PyJWT would not sign it (NaN and such): not our finding
+    except (TypeError, ValueError, OverflowError, jwt.exceptions.InvalidTokenError):
+        return "x.y.z"      # PyJWT would not sign it (NaN, a `crit` not a list beside `b64`): not our finding
 
 
 def mutate(rng: random.Random, tok: str) -> str:
@@ -165,21 +164,21 @@ def mutate(rng: random.Random, tok: str) -> str:
 # --- properties --------------------------------------------------------------------------------
 
 @given(st.text(max_size=300), where)
-@settings(max_examples=UNIT_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@fuzzing.unit_budget(UNIT_EXAMPLES)
 def test_random_text_is_never_a_user(tok: str, at: str) -> None:
     out = judged(tok, at)
     assert out.user is None
 
 
 @given(unsigned_tokens(), where)
-@settings(max_examples=UNIT_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@fuzzing.unit_budget(UNIT_EXAMPLES)
 def test_unsigned_json_tokens_are_never_a_user(tok: str, at: str) -> None:
     out = judged(tok, at)
     assert out.user is None
 
 
 @given(signed_tokens(), where)
-@settings(max_examples=UNIT_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@fuzzing.unit_budget(UNIT_EXAMPLES)
 def test_signed_tokens_with_arbitrary_claims_get_a_clear_verdict(tok: str, at: str) -> None:
     out = judged(tok, at)
     if out.user is not None:
@@ -187,13 +186,13 @@ def test_signed_tokens_with_arbitrary_claims_get_a_clear_verdict(tok: str, at: s
 
 
 @given(signed_tokens(), st.integers(min_value=0, max_value=2**32), where)
-@settings(max_examples=UNIT_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@fuzzing.unit_budget(UNIT_EXAMPLES)
 def test_mutated_signed_tokens_get_a_clear_verdict(tok: str, seed: int, at: str) -> None:
     judged(mutate(random.Random(seed), tok), at)
 
 
 @given(json_value, st.lists(st.text(max_size=6), max_size=4), st.text(max_size=40))
-@settings(max_examples=UNIT_EXAMPLES, deadline=None)
+@fuzzing.unit_budget(UNIT_EXAMPLES, too_slow_ok=False)
 def test_claim_helpers_take_any_json(value: Any, path: list[str], name: str) -> None:
     """The claim readers of ambit/jwtclaims.py see verified claims, which the issuer wrote, and
     route names, which the config wrote: still, any JSON must not make them raise."""
@@ -206,35 +205,24 @@ def test_claim_helpers_take_any_json(value: Any, path: list[str], name: str) -> 
 @pytest.mark.fuzz
 @given(st.one_of(unsigned_tokens(), signed_tokens(), st.text(max_size=600)), st.integers(min_value=0, max_value=2**32),
        st.booleans(), where)
-@settings(max_examples=LONG_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
+@fuzzing.fuzz_budget(LONG_EXAMPLES)
 def test_fuzz_tokens_long(tok: str, seed: int, mutated: bool, at: str) -> None:
     judged(mutate(random.Random(seed), tok) if mutated else tok, at)
 
 
 # --- the long local run ---------------------------------------------------------------------------
 
-def long_run(cases: int, seed: int) -> int:
-    rng = random.Random(seed)
+def _long_cases(rng: random.Random) -> Iterator[tuple[str, str]]:
+    """A valid token of each signer, mutated, in any location."""
     seeds = [jwt.encode({"iss": ISS, "sub": "alice", "aud": "app", "exp": NOW + 600}, k, algorithm=a,
                         headers={"kid": kid}) for k, kid, a in SIGNERS]
-    crashes = 0
-    t0 = time.monotonic()
-    for i in range(cases):
-        tok = mutate(rng, rng.choice(seeds))
-        try:
-            judged(tok, rng.choice(["bearer", "header", "cookie", "access_token", "tok"]))
-        except Exception:   # noqa: BLE001 - report every finding
-            crashes += 1
-            print(f"case {i}: CRASH on {tok!r}", file=sys.stderr)
-            traceback.print_exc()
-    dt = time.monotonic() - t0
-    print(f"{cases} cases in {dt:.0f}s ({cases / dt:.0f}/s), {crashes} crashes")
-    return crashes
+    while True:
+        yield mutate(rng, rng.choice(seeds)), rng.choice(["bearer", "header", "cookie", "access_token", "tok"])
+
+
+def long_run(cases: int, seed: int) -> int:
+    return fuzzing.long_run(cases, seed, _long_cases, lambda case: judged(*case))
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--cases", type=int, default=100_000)
-    ap.add_argument("--seed", type=int, default=1)
-    a = ap.parse_args()
-    sys.exit(1 if long_run(a.cases, a.seed) else 0)
+    sys.exit(fuzzing.main(long_run, cases=100_000))

@@ -15,14 +15,12 @@ Three budgets, as tests/unit/dataplane/test_hbone_fuzz.py: the unit suite, `-m f
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import os
 import random
 import socket
 import sys
 import time
-import traceback
+from collections.abc import Iterator
 from typing import Any
 
 import dns.edns
@@ -32,12 +30,13 @@ import dns.name
 import dns.rcode
 import dns.rdatatype
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
 from ambit.model import Service, ServicePort
 from ambit.zds import PodInfo
+from tests.support import fuzzing
 from tests.unit.ztunnel.meshcfg import config, svc, wl
 from ztunnel.dns.forwarder import UpstreamError
 from ztunnel.dns.metrics import DnsMetrics
@@ -47,7 +46,7 @@ from ztunnel.dns.wire import UDP_MIN, Query, relay_reply, upstream_query
 from ztunnel.pods import PodProxy
 
 UNIT_EXAMPLES = 300
-LONG_EXAMPLES = int(os.environ.get("AMBIT_FUZZ_EXAMPLES", "800"))
+LONG_EXAMPLES = fuzzing.fuzz_examples(800)
 HEADER = 12
 RCODES = {dns.rcode.NOERROR, dns.rcode.NXDOMAIN, dns.rcode.FORMERR, dns.rcode.SERVFAIL, dns.rcode.NOTIMP}
 MESH_NAMES = ["reviews.demo.svc.cluster.local.", "reviews.", "reviews.demo.", "api.example.com.",
@@ -192,25 +191,24 @@ def queries(draw: st.DrawFn) -> bytes:
     return q.to_wire()
 
 
+def _count(rng: random.Random, b: bytearray, pos: int) -> None:
+    """A header count, anything."""
+    if len(b) >= HEADER:
+        i = rng.choice([4, 6, 8, 10])
+        b[i:i + 2] = rng.randrange(65536).to_bytes(2, "big")
+
+
+def _pointer(rng: random.Random, b: bytearray, pos: int) -> None:
+    """A compression pointer anywhere."""
+    if len(b) > HEADER:
+        b[pos:pos] = bytes([0xC0 | rng.randrange(64), rng.randrange(256)])
+
+
+MUTATIONS = (fuzzing.set_byte, fuzzing.insert_random(8), fuzzing.delete(8), _count, _pointer, fuzzing.flip_bit)
+
+
 def mutate(rng: random.Random, data: bytes) -> bytes:
-    b = bytearray(data)
-    for _ in range(rng.randint(1, 5)):
-        op = rng.randrange(6)
-        pos = rng.randrange(len(b) + 1)
-        if op == 0 and b:
-            b[min(pos, len(b) - 1)] = rng.randrange(256)
-        elif op == 1:
-            b[pos:pos] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 8)))
-        elif op == 2 and b:
-            del b[pos:pos + rng.randint(1, 8)]
-        elif op == 3 and len(b) >= HEADER:      # a header count, anything
-            i = rng.choice([4, 6, 8, 10])
-            b[i:i + 2] = rng.randrange(65536).to_bytes(2, "big")
-        elif op == 4 and len(b) > HEADER:       # a compression pointer anywhere
-            b[pos:pos] = bytes([0xC0 | rng.randrange(64), rng.randrange(256)])
-        elif op == 5 and b:
-            b[min(pos, len(b) - 1)] ^= 1 << rng.randrange(8)
-    return bytes(b)
+    return fuzzing.mutate_bytes(rng, data, MUTATIONS, most=5)
 
 
 @st.composite
@@ -246,25 +244,25 @@ def upstream_replies(draw: st.DrawFn) -> Any:
 # --- properties --------------------------------------------------------------------------------
 
 @given(st.binary(max_size=600), st.sampled_from(["udp", "tcp"]))
-@settings(max_examples=UNIT_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@fuzzing.unit_budget(UNIT_EXAMPLES)
 def test_random_bytes(data: bytes, protocol: str) -> None:
     handle_one(data, protocol)
 
 
 @given(queries(), st.sampled_from(["udp", "tcp"]))
-@settings(max_examples=UNIT_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@fuzzing.unit_budget(UNIT_EXAMPLES)
 def test_odd_but_well_formed_queries_are_answered(query: bytes, protocol: str) -> None:
     assert handle_one(query, protocol), "a well-formed query got no reply"
 
 
 @given(queries(), st.integers(0, 2**32), st.sampled_from(["udp", "tcp"]))
-@settings(max_examples=UNIT_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@fuzzing.unit_budget(UNIT_EXAMPLES)
 def test_mutated_queries(query: bytes, seed: int, protocol: str) -> None:
     handle_one(mutate(random.Random(seed), query), protocol)
 
 
 @given(queries(), upstream_replies(), st.sampled_from(["udp", "tcp"]))
-@settings(max_examples=UNIT_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@fuzzing.unit_budget(UNIT_EXAMPLES)
 def test_any_upstream_reply_is_relayed_within_the_limit_or_servfail(query: bytes, upstream: Any, protocol: str) -> None:
     replies = handle_one(query, protocol, upstream)
     if replies and upstream.kind in ("random", "none", "query"):
@@ -303,7 +301,7 @@ def _frames(out: bytes) -> list[bytes]:
 
 @given(st.lists(st.one_of(queries(), st.binary(max_size=40)), max_size=6), st.lists(st.integers(0, 4000), max_size=5),
        st.lists(st.integers(0, 65535), max_size=2))
-@settings(max_examples=UNIT_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@fuzzing.unit_budget(UNIT_EXAMPLES)
 def test_tcp_framing(messages: list[bytes], cuts: list[int], bogus_lengths: list[int]) -> None:
     """Length-prefixed messages cut at random points (and lengths that lie): one reply per
     whole message the proxy answers, each a whole frame; nothing raises."""
@@ -333,36 +331,24 @@ def test_tcp_framing(messages: list[bytes], cuts: list[int], bogus_lengths: list
 @pytest.mark.fuzz
 @given(st.one_of(queries(), st.binary(max_size=600)), st.integers(0, 2**32), st.booleans(), upstream_replies(),
        st.sampled_from(["udp", "tcp"]))
-@settings(max_examples=LONG_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
+@fuzzing.fuzz_budget(LONG_EXAMPLES)
 def test_fuzz_dns_long(query: bytes, seed: int, mutated: bool, upstream: Any, protocol: str) -> None:
     handle_one(mutate(random.Random(seed), query) if mutated else query, protocol, upstream)
 
 
 # --- the long local run ---------------------------------------------------------------------------
 
-def long_run(cases: int, seed: int) -> int:
-    rng = random.Random(seed)
+def _long_cases(rng: random.Random) -> Iterator[tuple[bytes, str]]:
+    """Queries for mesh names, mutated, over UDP or TCP."""
     seeds = [dns.message.make_query(n, t, use_edns=e).to_wire() for n in MESH_NAMES
              for t in ("A", "AAAA", "TXT") for e in (None, 0)]
-    crashes = 0
-    t0 = time.monotonic()
-    for i in range(cases):
-        data = mutate(rng, rng.choice(seeds))
-        try:
-            handle_one(data, rng.choice(["udp", "tcp"]))
-        except Exception:   # noqa: BLE001 - report every finding
-            crashes += 1
-            print(f"case {i}: CRASH on {data!r}", file=sys.stderr)
-            traceback.print_exc()
-    dt = time.monotonic() - t0
-    print(f"{cases} cases in {dt:.0f}s ({cases / dt:.0f}/s), {crashes} crashes")
-    return crashes
+    while True:
+        yield mutate(rng, rng.choice(seeds)), rng.choice(["udp", "tcp"])
+
+
+def long_run(cases: int, seed: int) -> int:
+    return fuzzing.long_run(cases, seed, _long_cases, lambda case: handle_one(*case))
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--cases", type=int, default=100_000)
-    ap.add_argument("--seed", type=int, default=1)
-    a = ap.parse_args()
-    socket.setdefaulttimeout(1)
-    sys.exit(1 if long_run(a.cases, a.seed) else 0)
+    sys.exit(fuzzing.main(long_run, cases=100_000, setup=lambda: socket.setdefaulttimeout(1)))

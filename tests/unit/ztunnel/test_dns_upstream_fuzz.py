@@ -17,12 +17,10 @@ aimed in loops and past the end, counts set huge; and random bytes. Three budget
 
 from __future__ import annotations
 
-import argparse
-import os
 import random
 import sys
 import time
-import traceback
+from collections.abc import Iterator
 
 import dns.flags
 import dns.message
@@ -32,15 +30,16 @@ import dns.rcode
 import dns.rdatatype
 import dns.rrset
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
+from tests.support import fuzzing
 from ztunnel.dns.forwarder import _reply_or_none
 from ztunnel.dns.upstream import TCP_MAX
 from ztunnel.dns.wire import Query, parse, relay_reply, upstream_query
 
 UNIT_EXAMPLES = 300
-LONG_EXAMPLES = int(os.environ.get("AMBIT_FUZZ_EXAMPLES", "3000"))
+LONG_EXAMPLES = fuzzing.fuzz_examples(3000)
 SENT_ID = 0x4242
 
 
@@ -129,39 +128,52 @@ replies = st.tuples(queries, st.fixed_dictionaries(dict(
 max_sizes = st.sampled_from([512, 1232, 4096, TCP_MAX])
 
 
+def _inside(rng: random.Random, b: bytearray) -> int:
+    return rng.randrange(max(len(b), 1))
+
+
+def _truncate(rng: random.Random, b: bytearray, pos: int) -> None:
+    """Truncated."""
+    del b[pos:pos + rng.randint(1, 16)]
+
+
+def _count(rng: random.Random, b: bytearray, pos: int) -> None:
+    """A count made huge or wrong."""
+    if len(b) > 12:
+        i = 4 + 2 * rng.randrange(4)
+        b[i:i + 2] = (rng.choice((0xFFFF, 0, 1, 2, int.from_bytes(b[i:i + 2], "big") + 1)) % 65536).to_bytes(2, "big")
+
+
+def _pointer(rng: random.Random, b: bytearray, pos: int) -> None:
+    """A compression pointer: at itself, forward, past the end."""
+    if len(b) > 12:
+        target = rng.choice((pos, pos + 2, 12, len(b) + 10, rng.randrange(0x3FFF)))
+        b[pos:pos + 2] = (0xC000 | (target & 0x3FFF)).to_bytes(2, "big")
+
+
+def _flags(rng: random.Random, b: bytearray, pos: int) -> None:
+    """The flags."""
+    if len(b) > 12:
+        b[2] ^= 1 << rng.randrange(8)
+        b[3] ^= 1 << rng.randrange(8)
+
+
+MUTATIONS = (fuzzing.set_byte, fuzzing.flip_bit, _truncate, _count, _pointer, fuzzing.insert_random(8), _flags)
+
+
 def mutate(rng: random.Random, data: bytes) -> bytes:
-    b = bytearray(data)
-    for _ in range(rng.randint(1, 4)):
-        op, pos = rng.randrange(7), rng.randrange(max(len(b), 1))
-        if op == 0 and b:
-            b[pos] = rng.randrange(256)
-        elif op == 1 and b:
-            b[pos] ^= 1 << rng.randrange(8)
-        elif op == 2:
-            del b[pos:pos + rng.randint(1, 16)]         # truncated
-        elif op == 3 and len(b) > 12:                   # a count made huge or wrong
-            i = 4 + 2 * rng.randrange(4)
-            b[i:i + 2] = (rng.choice((0xFFFF, 0, 1, 2, int.from_bytes(b[i:i + 2], "big") + 1)) % 65536).to_bytes(2, "big")
-        elif op == 4 and len(b) > 12:                   # a compression pointer: at itself, forward, past the end
-            target = rng.choice((pos, pos + 2, 12, len(b) + 10, rng.randrange(0x3FFF)))
-            b[pos:pos + 2] = (0xC000 | (target & 0x3FFF)).to_bytes(2, "big")
-        elif op == 5:
-            b[pos:pos] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 8)))
-        elif op == 6 and len(b) > 12:                   # flags
-            b[2] ^= 1 << rng.randrange(8)
-            b[3] ^= 1 << rng.randrange(8)
-    return bytes(b)
+    return fuzzing.mutate_bytes(rng, data, MUTATIONS, most=4, at=_inside)
 
 
 @given(replies, max_sizes)
-@settings(max_examples=UNIT_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@fuzzing.unit_budget(UNIT_EXAMPLES)
 def test_a_reply_is_relayed_only_for_the_question_asked(reply: tuple[Query, dict], max_size: int) -> None:
     q, kw = reply
     check(q, response(q, **kw), max_size)
 
 
 @given(replies, max_sizes, st.integers(0, 2**32))
-@settings(max_examples=UNIT_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@fuzzing.unit_budget(UNIT_EXAMPLES)
 def test_mutated_replies_are_dropped_or_relayed_never_raised(reply: tuple[Query, dict], max_size: int,
                                                              seed: int) -> None:
     q, kw = reply
@@ -169,7 +181,7 @@ def test_mutated_replies_are_dropped_or_relayed_never_raised(reply: tuple[Query,
 
 
 @given(queries, st.binary(max_size=200), max_sizes)
-@settings(max_examples=UNIT_EXAMPLES, deadline=None)
+@fuzzing.unit_budget(UNIT_EXAMPLES, too_slow_ok=False)
 def test_random_bytes_behind_the_right_header_are_dropped_or_relayed(q: Query, body: bytes, max_size: int) -> None:
     check(q, SENT_ID.to_bytes(2, "big") + b"\x81\x80" + body, max_size)
     check(q, body, max_size)
@@ -177,7 +189,7 @@ def test_random_bytes_behind_the_right_header_are_dropped_or_relayed(q: Query, b
 
 @pytest.mark.fuzz
 @given(replies, max_sizes, st.integers(0, 2**32))
-@settings(max_examples=LONG_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
+@fuzzing.fuzz_budget(LONG_EXAMPLES)
 def test_fuzz_mutated_replies_long(reply: tuple[Query, dict], max_size: int, seed: int) -> None:
     q, kw = reply
     check(q, mutate(random.Random(seed), response(q, **kw)), max_size)
@@ -185,31 +197,18 @@ def test_fuzz_mutated_replies_long(reply: tuple[Query, dict], max_size: int, see
 
 # --- the long local run ----------------------------------------------------------------------------
 
-def long_run(cases: int, seed: int) -> int:
-    rng = random.Random(seed)
+def _long_cases(rng: random.Random) -> Iterator[tuple[Query, bytes, int]]:
+    """Real replies to each query, mutated, relayed within a random limit."""
     seeds = [(q, response(q, answers=n, cname=c, edns=e, tc=t)) for q in QUERIES for n in (0, 1, 30)
              for c in (False, True) for e in (False, True) for t in (False, True)]
-    crashes = 0
-    t0 = time.monotonic()
-    for i in range(cases):
+    while True:
         q, data = rng.choice(seeds)
-        data = mutate(rng, data)
-        try:
-            check(q, data, rng.choice((512, 1232, TCP_MAX)))
-        except Exception:   # noqa: BLE001 - report every finding
-            crashes += 1
-            print(f"case {i}: CRASH on {data!r}", file=sys.stderr)
-            traceback.print_exc()
-        if i and i % 100_000 == 0:
-            print(f"{i} cases, {crashes} crashes, {i / (time.monotonic() - t0):.0f}/s", file=sys.stderr)
-    dt = time.monotonic() - t0
-    print(f"{cases} cases in {dt:.0f}s ({cases / dt:.0f}/s), {crashes} crashes")
-    return crashes
+        yield q, mutate(rng, data), rng.choice((512, 1232, TCP_MAX))
+
+
+def long_run(cases: int, seed: int) -> int:
+    return fuzzing.long_run(cases, seed, _long_cases, lambda case: check(*case))
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--cases", type=int, default=300_000)
-    ap.add_argument("--seed", type=int, default=1)
-    a = ap.parse_args()
-    sys.exit(1 if long_run(a.cases, a.seed) else 0)
+    sys.exit(fuzzing.main(long_run, cases=300_000))
