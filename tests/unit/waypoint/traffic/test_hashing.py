@@ -159,7 +159,7 @@ def test_a_weighted_ring_is_bounded_whatever_the_weights() -> None:
 def test_weighted_maglev_shares_the_table_by_weight() -> None:
     m = Maglev(HOSTS[:3], 65537, (1, 2, 5))
     per = Counter(m.owner(i) for i in range(65537))
-    assert all(abs(per[h] - 65537 * w / 8) <= 2 for h, w in zip(HOSTS[:3], (1, 2, 5))), per
+    assert all(abs(per[h] - 65537 * w / 8) <= 2 for h, w in zip(HOSTS[:3], (1, 2, 5), strict=True)), per
     assert Maglev(HOSTS, 65537, (4,) * 5)._table == Maglev(HOSTS)._table
 
 
