@@ -235,14 +235,14 @@ def check_issued(chain: list[str], requested: str, csr: Csr) -> None:
 
 
 def check_sign(csr: Csr, requested: str) -> None:
-    t0 = time.perf_counter()
+    t0 = time.process_time()
     try:
         chain = CA.sign_csr(csr.pem, requested)
     except CSRRejected as e:
         assert e.reason and e.identity == requested
     else:
         check_issued(chain, requested, csr)
-    assert time.perf_counter() - t0 < 2.0, "sign_csr took over 2 s"
+    assert time.process_time() - t0 < 2.0, "sign_csr took over 2 s of CPU"
 
 
 @given(csrs(), identities)

@@ -39,7 +39,7 @@ def _typed(a: dict[str, Any]) -> dict[str, Any]:
 
 
 def check(expr: str, a: dict[str, Any]) -> None:
-    t0 = time.perf_counter()
+    t0 = time.process_time()
     assert isinstance(check_filter(expr), str) and isinstance(check_value(expr), str)
     try:
         pred = compile_filter(expr)
@@ -49,7 +49,7 @@ def check(expr: str, a: dict[str, Any]) -> None:
         value = compile_value(expr)
     except FilterError:
         value = None
-    assert time.perf_counter() - t0 < 2.0, "parsing took over 2 s"
+    assert time.process_time() - t0 < 2.0, "parsing took over 2 s of CPU"
     if pred is not None:
         assert pred(_typed(a)) in (True, False)
     if value is not None:

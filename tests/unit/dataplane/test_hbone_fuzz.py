@@ -52,9 +52,9 @@ def check(chunks: list[bytes], conn: HBONEConnection | None = None) -> HBONEConn
     s = conn or new_server()
     fatal_seen = False
     for chunk in chunks:
-        t0 = time.perf_counter()
+        t0 = time.process_time()
         evs = s.receive_data(chunk)
-        assert time.perf_counter() - t0 < 2.0, "receive_data took over 2 s"
+        assert time.process_time() - t0 < 2.0, "receive_data took over 2 s of CPU"
         if fatal_seen:
             assert evs == [], "events after a connection error"
         for ev in evs:

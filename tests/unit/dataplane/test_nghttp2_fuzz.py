@@ -93,7 +93,7 @@ def check(chunks: list[bytes], client: bool = False) -> None:
     FAILURES.seen.clear()
     dead = False
     for chunk in chunks:
-        t0 = time.perf_counter()
+        t0 = time.process_time()
         try:
             events = c.receive_data(chunk)
         except h2.exceptions.ProtocolError:
@@ -101,7 +101,7 @@ def check(chunks: list[bytes], client: bool = False) -> None:
             c.data_to_send()
             continue
         finally:
-            assert time.perf_counter() - t0 < 2.0, "receive_data took over 2 s"
+            assert time.process_time() - t0 < 2.0, "receive_data took over 2 s of CPU"
         if dead:
             assert events == [], events
         for ev in events:

@@ -99,13 +99,13 @@ def feed_lines(resource: Resource, lines: list[bytes]) -> None:
     for line in lines:
         before = (copy.deepcopy(rf.state.objects), rf.state.resource_version)
         seen = len(changes)
-        t0 = time.perf_counter()
+        t0 = time.process_time()
         try:
             rf._line(line)
         except (ValueError, _Gone):
             assert (rf.state.objects, rf.state.resource_version) == before, "a refused line changed the cache"
             assert len(changes) == seen, "the consumer was told of a refused line"
-        assert time.perf_counter() - t0 < 2.0, "one line took over 2 s"
+        assert time.process_time() - t0 < 2.0, "one line took over 2 s of CPU"
         check_state(rf, changes, seen)
 
 

@@ -67,9 +67,9 @@ def feed(chunks: list[bytes]):
     r = HelloReader()
     fed, decided = 0, None
     for chunk in chunks:
-        t0 = time.perf_counter()
+        t0 = time.process_time()
         v = r.feed(chunk)
-        assert time.perf_counter() - t0 < 1.0, "feed took over 1 s"
+        assert time.process_time() - t0 < 1.0, "feed took over 1 s of CPU"
         fed += len(chunk)
         assert isinstance(v, (NeedMore, Hello, Malformed)), v
         if decided is not None:

@@ -98,9 +98,9 @@ def drive(chunks: list[bytes], codec: str, turns: int = 4) -> tuple[bytes, bool,
         for c in chunks:
             if t.closed:
                 break
-            t0 = time.perf_counter()
+            t0 = time.process_time()
             server.data_received(c)
-            assert time.perf_counter() - t0 < 2.0, "a read took over 2 s"
+            assert time.process_time() - t0 < 2.0, "a read took over 2 s of CPU"
             most = max(most, len(server.streams))
             await settle()
         await settle(30)

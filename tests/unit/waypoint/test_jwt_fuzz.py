@@ -77,9 +77,9 @@ def judged(tok: str, where: str = "bearer") -> Outcome:
     else:
         path = f"/p?{where}={tok}"
     head = RequestHead("GET", path, "myapp", headers=headers)
-    t0 = time.perf_counter()
+    t0 = time.process_time()
     out = authenticate(PROVIDERS, head, NOW)
-    assert time.perf_counter() - t0 < 2.0, "authenticate took over 2 s"
+    assert time.process_time() - t0 < 2.0, "authenticate took over 2 s of CPU"
     assert isinstance(out, Outcome)
     if out.reply is not None:
         assert out.user is None

@@ -62,12 +62,12 @@ def sent_for(q: Query) -> dns.message.Message:
 def check(q: Query, data: bytes, max_size: int) -> bytes | None:
     """Relay `data` as the reply to `q`'s forwarded query; the invariants; the reply or None."""
     sent = sent_for(q)
-    t0 = time.perf_counter()
+    t0 = time.process_time()
     try:
         out = relay_reply(sent, data, q, max_size)
     except ValueError:
         out = None
-    assert time.perf_counter() - t0 < 1.0, "relay_reply took over 1 s"
+    assert time.process_time() - t0 < 1.0, "relay_reply took over 1 s of CPU"
     again = _reply_or_none(sent, q, max_size, data)
     assert (again is None) == (out is None)
     if out is None:
