@@ -603,15 +603,20 @@ def quiet(*names: str) -> Iterator[None]:
             lg.setLevel(level)
 
 
-def data_plane(snap: Snapshot, gateways: list[tuple[str, str, str]]) -> None:
+GatewayConfigs = dict[tuple[str, str, str], waypoint_config.WaypointConfig]
+
+
+def data_plane(snap: Snapshot, gateways: list[tuple[str, str, str]]) -> GatewayConfigs:
     """ztunnel (one node), each waypoint or ingress gateway in `gateways` (namespace, name, class)
     and an agent apply what they are served; a rejection (an exception: the client's NACK) is a
-    finding."""
+    finding. Returns each gateway's config as applied, for what is built only when a request
+    comes (tests/unit/waypoint/test_request_config_fuzz.py drives requests through it)."""
     with quiet("ambit.waypoint.config"):
-        _data_plane(snap, gateways)
+        return _data_plane(snap, gateways)
 
 
-def _data_plane(snap: Snapshot, gateways: list[tuple[str, str, str]]) -> None:
+def _data_plane(snap: Snapshot, gateways: list[tuple[str, str, str]]) -> GatewayConfigs:
+    configs: GatewayConfigs = {}
     zt = meshstate.MeshState()
     for update in delivered(snap, NodeInfo("ztunnel", "node-1"), meshstate.TYPES):
         zt.apply(update)
@@ -624,8 +629,10 @@ def _data_plane(snap: Snapshot, gateways: list[tuple[str, str, str]]) -> None:
             cfg.apply(update)
         cfg.view.telemetry_for_waypoint()
         cfg.dump()
+        configs[(ns, name, cls)] = cfg
     for update in delivered(snap, NodeInfo("agent", "node-1"), (Workload.TYPE,)):
         workload_pods("node-1", update.state.values())   # type: ignore[arg-type]
+    return configs
 
 
 def _gateways(objs: list[Obj]) -> list[tuple[str, str, str]]:
@@ -661,9 +668,10 @@ def check_validation(obj: Any) -> list[FieldError]:
     return errors
 
 
-def check(key: tuple[str, str, str], obj: Any, *more: tuple[tuple[str, str, str], Any]) -> None:
+def check(key: tuple[str, str, str], obj: Any, *more: tuple[tuple[str, str, str], Any]) -> GatewayConfigs:
     """All the properties for the world with its object `key` replaced by `obj` (and each of
-    `more`'s too: mutations that only matter together, two objects naming each other)."""
+    `more`'s too: mutations that only matter together, two objects naming each other). Returns the
+    gateways' configs as they applied it (`data_plane`)."""
     objs = dict(WORLD)
     refused: list[Any] = []
     errors: list[FieldError] = []
@@ -687,7 +695,7 @@ def check(key: tuple[str, str, str], obj: Any, *more: tuple[tuple[str, str, str]
     with bounded("serve"):
         snap = serve(tr)
     with bounded("data plane"):
-        data_plane(snap, _gateways(list(objs.values())))
+        return data_plane(snap, _gateways(list(objs.values())))
 
 
 def test_every_seed_is_valid_and_the_world_translates_and_applies_cleanly() -> None:
