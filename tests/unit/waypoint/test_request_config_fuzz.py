@@ -27,7 +27,7 @@ What must hold for every request (any status is fine):
 2. no exception escapes: none reaches the event loop's exception handler, and nothing is logged
    with a traceback (the engine catches a `decide` or `upstream` that raised, logs it and answers
    500: still a bug);
-3. it takes at most 1 s of CPU.
+3. it takes at most 1 s of CPU, and the process's peak size grows by at most 128 MiB meanwhile.
 
 Three budgets, as the other fuzz modules (tests/support/fuzzing.py): the unit suite (a few dozen
 examples), `-m fuzz` (`AMBIT_FUZZ_EXAMPLES`), and a long local run:
@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import copy
 import dataclasses
 import functools
@@ -45,6 +46,8 @@ import json
 import logging
 import random
 import re
+import resource
+import selectors
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -79,6 +82,7 @@ LONG_EXAMPLES = fuzzing.fuzz_examples(20)     # (bounded: the unit suite runs it
 WALL_LIMIT = 5.0            # wall seconds a request may take (a real hang: a loop that never yields)
 VIRTUAL_LIMIT = 3600.0      # virtual seconds a request may take (the stream idle timeout is 300 s)
 CPU_LIMIT = 1.0             # CPU seconds a request may take
+MEMORY_LIMIT = 128 << 20    # bytes the process may grow by (its peak) while a request is served
 REQUESTS = 30               # requests per gateway per case (about a millisecond each)
 Obj = dict[str, Any]
 Key = tuple[str, str, str]
@@ -86,13 +90,21 @@ Key = tuple[str, str, str]
 
 # --- a virtual clock ---------------------------------------------------------------------------------
 
+class _NoWaitSelector(selectors.DefaultSelector):  # type: ignore[misc,valid-type]
+    """The loop's selector, which a poll that may not wait skips (nothing here does real I/O:
+    a system call per loop turn was a tenth of the run)."""
+
+    def select(self, timeout: float | None = None) -> list[Any]:
+        return [] if timeout is not None and timeout <= 0 else super().select(timeout)
+
+
 class VirtualLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,name-defined]
     """asyncio's loop on a virtual clock: when no callback is ready it moves the clock to the
     next timer instead of sleeping, so a fault delay of 10 s, a retry backoff or a request timeout
     costs a loop turn. Nothing here does real I/O, so nothing else could wake the loop."""
 
     def __init__(self) -> None:
-        super().__init__()
+        super().__init__(_NoWaitSelector())
         self._now = 1000.0
 
     def time(self) -> float:
@@ -240,25 +252,26 @@ class _H2Origin:
             elif isinstance(ev, h2.events.DataReceived):
                 self.c.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
             elif isinstance(ev, h2.events.StreamEnded):
-                head = self.heads.pop(ev.stream_id, {})
-                code = self.status(head.get(":path", "/"))
-                if head.get("content-type", "").startswith("application/grpc"):
-                    self.c.send_headers(ev.stream_id, [(":status", "200"), ("content-type", "application/grpc")])
-                    self.c.send_data(ev.stream_id, b"\x00\x00\x00\x00\x00")
-                    self.c.send_headers(ev.stream_id, [("grpc-status", "0" if code == 200 else "14")],
-                                        end_stream=True)
-                elif head.get(":method") == "HEAD":
-                    self.c.send_headers(ev.stream_id, [(":status", str(code)), ("content-length", "6")],
-                                        end_stream=True)
-                else:
-                    self.c.send_headers(ev.stream_id, [(":status", str(code)), ("content-length", "6")])
-                    self.c.send_data(ev.stream_id, b"origin", end_stream=True)
+                with contextlib.suppress(h2.exceptions.ProtocolError):      # (a stream the proxy reset)
+                    self._answer(ev.stream_id, self.heads.pop(ev.stream_id, {}))
         self.t.write(self.c.data_to_send())
+
+    def _answer(self, sid: int, head: dict[str, str]) -> None:
+        code = self.status(head.get(":path", "/"))
+        if head.get("content-type", "").startswith("application/grpc"):
+            self.c.send_headers(sid, [(":status", "200"), ("content-type", "application/grpc")])
+            self.c.send_data(sid, b"\x00\x00\x00\x00\x00")
+            self.c.send_headers(sid, [("grpc-status", "0" if code == 200 else "14")], end_stream=True)
+        elif head.get(":method") == "HEAD":
+            self.c.send_headers(sid, [(":status", str(code)), ("content-length", "6")], end_stream=True)
+        else:
+            self.c.send_headers(sid, [(":status", str(code)), ("content-length", "6")])
+            self.c.send_data(sid, b"origin", end_stream=True)
 
 
 class Origin:
-    """Every upstream endpoint of a case: it answers 200, or 503 for the paths `failing` says (a
-    retry, outlier detection and failover have something to do)."""
+    """Every upstream endpoint of a case: it answers 200, or 503 always or every other request
+    (`mode`), so that retries, outlier detection and failover have something to do."""
 
     def __init__(self, mode: int) -> None:
         self.mode = mode        # 0: all 200; 1: all 503; 2: alternately
@@ -740,6 +753,11 @@ def draw_request(rng: random.Random, target: Target, words: list[str]) -> Reques
                    h2=method != "HEAD" and (grpc or rng.random() < 0.3))
 
 
+def _max_rss() -> int:
+    """The process's peak resident size so far, in bytes (Linux counts it in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss << 10
+
+
 # --- the properties ----------------------------------------------------------------------------------
 
 class Findings(logging.Handler):
@@ -833,7 +851,7 @@ async def _drive(cfg: WaypointConfig, ingress: bool, rng: random.Random, words: 
         out = Outcome(req)
         outcomes.append(out)
         before, logged = len(findings.seen), len(records)
-        c0 = time.process_time()
+        c0, rss0 = time.process_time(), _max_rss()
         try:
             with config_fuzz.bounded(f"{req.method} {req.path[:80]}", WALL_LIMIT):
                 out.status = await _one(engine, target.down, req)
@@ -844,6 +862,9 @@ async def _drive(cfg: WaypointConfig, ingress: bool, rng: random.Random, words: 
         out.cpu = time.process_time() - c0
         if out.cpu > CPU_LIMIT:
             out.problems.append(f"took {out.cpu:.2f} s of CPU")
+        grew = _max_rss() - rss0
+        if grew > MEMORY_LIMIT:
+            out.problems.append(f"the process grew by {grew >> 20} MiB")
         if out.status == 0 and not out.problems:
             out.problems.append("the connection was closed without a response")
         out.problems.extend(findings.seen[before:])
