@@ -67,6 +67,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from hypothesis import given
 from hypothesis import strategies as st
 
+from ambit.dataplane.telemetry.metrics import Metrics
 from ambit.gatewayclasses import INGRESS_CLASSES
 from tests.support import fuzzing
 from tests.unit.controller import test_config_fuzz as config_fuzz
@@ -78,6 +79,7 @@ from waypoint.ingress import listener_group
 from waypoint.ingress_listen import IngressListeners
 from waypoint.request import Downstream
 from waypoint.settings import WaypointSettings, load
+from waypoint.telemetry.metrics import HttpMetrics
 
 UNIT_EXAMPLES = 15
 LONG_EXAMPLES = fuzzing.fuzz_examples(20)     # (bounded: the unit suite runs it)
@@ -605,7 +607,14 @@ def _beside() -> dict[Key, Obj]:
     requests would end in a 404 before reaching what the seeds configure."""
     edge = copy.deepcopy(config_fuzz.WORLD[EDGE_KEY])
     edge["spec"]["gateways"] = ["edge"]
-    return {**_request_seeds_by_key(), EDGE_KEY: edge}
+    return {**_request_seeds_by_key(), EDGE_KEY: edge, WAYPOINT_POD_KEY: WAYPOINT_POD}
+
+
+# A pod of the waypoint, through which the ingress gateway reaches the Services bound to it: without
+# one, every request the ingress gateway routes ends in a 503 before any balancing.
+WAYPOINT_POD = config_fuzz._pod("waypoint-7d9f", "demo", "10.244.1.99",
+                                {"gateway.networking.k8s.io/gateway-name": "waypoint"}, node="node-2")
+WAYPOINT_POD_KEY: Key = config_fuzz.object_key(WAYPOINT_POD)
 
 
 def with_request_seeds(key: Key, more: list[tuple[Key, Any]]) -> list[tuple[Key, Any]]:
@@ -828,7 +837,9 @@ def drive(cfg: WaypointConfig, ingress: bool, rng: random.Random, words: list[st
 
 async def _drive(cfg: WaypointConfig, ingress: bool, rng: random.Random, words: list[str], n: int,
                  outcomes: list[Outcome], findings: Findings) -> None:
-    proxy = WaypointProxy(_settings(ingress), cfg, None, rng=random.Random(rng.random()))
+    metrics = Metrics()         # Istio's metrics and the Telemetry API's overrides, as the binary has them
+    proxy = WaypointProxy(_settings(ingress), cfg, None, rng=random.Random(rng.random()),
+                          http_metrics=HttpMetrics(metrics.registry), registry=metrics.registry, tcp_metrics=metrics)
     if ingress:     # an ingress gateway's decide routes by its listeners (none opened here)
         proxy.ingress = IngressListeners("127.0.0.1", lambda plug, down: None, lambda *a: None)
     origin = Origin(rng.choice((0, 0, 1, 2)))
