@@ -758,16 +758,25 @@ def draw_request(rng: random.Random, target: Target, words: list[str]) -> Reques
                        ("x-jwt", f"Bearer {tok}") if where == 1 else ("cookie", f"session={tok}"))
     if method == "OPTIONS" and rng.random() < 0.7:
         headers += [("origin", "https://a.example.com"), ("access-control-request-method", rng.choice(METHODS))]
-    headers = [(k, v) for k, v in headers if k not in ("host", "content-length", "transfer-encoding", "connection")]
+    headers = [(k, v) for k, v in headers if k not in ("host", "content-length", "transfer-encoding", "connection",
+                                                       "upgrade")]
     grpc = target.grpc and rng.random() < 0.7
     if grpc:
         method, path = "POST", rng.choice(["/echo.Echo/Say", "/echo.Echo/Other", "/grpc.Other/X"])
         headers.append(("content-type", "application/grpc"))
     body = b"" if method in ("GET", "HEAD", "OPTIONS") and rng.random() < 0.9 else \
         (b"\x00\x00\x00\x00\x00" if grpc else b"x" * rng.choice([1, 100, 5000]))
+    authority = rng.choice(target.authorities)
+    if rng.random() < 0.1:      # a port that is not the Service's, or none, an IPv6 literal, a trailing dot
+        authority = rng.choice([f"{authority.split(':')[0]}:{rng.choice([1, 443, 8443, 65535])}", "[::1]:80",
+                                "[::1]", authority.split(":")[0] + ".", authority.upper(), "a:b:c"])
+    upgrade = not grpc and method == "GET" and rng.random() < 0.05
+    if upgrade:
+        headers += [("connection", "Upgrade"), ("upgrade", "websocket"), ("sec-websocket-version", "13"),
+                    ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")]
     # (HEAD over HTTP/1.1 only: the h2 library takes a HEAD response's content-length for its body's)
-    return Request(method, path, rng.choice(target.authorities), headers, body,
-                   h2=method != "HEAD" and (grpc or rng.random() < 0.3))
+    return Request(method, path, authority, headers, body,
+                   h2=method != "HEAD" and not upgrade and (grpc or rng.random() < 0.3))
 
 
 def _max_rss() -> int:
