@@ -607,7 +607,8 @@ def _beside() -> dict[Key, Obj]:
     requests would end in a 404 before reaching what the seeds configure."""
     edge = copy.deepcopy(config_fuzz.WORLD[EDGE_KEY])
     edge["spec"]["gateways"] = ["edge"]
-    return {**_request_seeds_by_key(), EDGE_KEY: edge, WAYPOINT_POD_KEY: WAYPOINT_POD}
+    return {**_request_seeds_by_key(), EDGE_KEY: edge, WAYPOINT_POD_KEY: WAYPOINT_POD,
+            **{config_fuzz.object_key(o): o for o in AUTHORIZERS}}
 
 
 # A pod of the waypoint, through which the ingress gateway reaches the Services bound to it: without
@@ -615,6 +616,10 @@ def _beside() -> dict[Key, Obj]:
 WAYPOINT_POD = config_fuzz._pod("waypoint-7d9f", "demo", "10.244.1.99",
                                 {"gateway.networking.k8s.io/gateway-name": "waypoint"}, node="node-2")
 WAYPOINT_POD_KEY: Key = config_fuzz.object_key(WAYPOINT_POD)
+# The Services of test_config_fuzz's external authorizers (`EXT_AUTHZ`: gRPC and HTTP), so that a
+# CUSTOM policy's check is sent (to the in-process origin) and its answer interpreted
+AUTHORIZERS = (config_fuzz._svc("opa", "demo", "10.96.0.30", {"grpc": 9191}, {"app": "echo"}),
+               config_fuzz._svc("oauth2", "demo", "10.96.0.31", {"http": 4180}, {"app": "echo"}))
 
 
 def with_request_seeds(key: Key, more: list[tuple[Key, Any]]) -> list[tuple[Key, Any]]:
