@@ -641,6 +641,31 @@ def token(rng: random.Random) -> str:
         base64.urlsafe_b64encode(b'{"alg":"none"}').decode().rstrip("=") + ".e30."
 
 
+ENDPOINTS = ["10.244.1.10:8080", "10.244.1.11:8080", "10.244.1.12:8080", "192.0.2.10:80", "192.0.2.11:80",
+             "10.244.1.99:15008", "[::1]:80", "999.1.1.1:99999", ":"]
+
+
+def session_value(rng: random.Random) -> str:
+    """A session's value (waypoint/traffic/session.py): base64 of an endpoint, or of Envoy's
+    `envoy.Cookie {address, expires}` with an expiry past, near or far; or garbage."""
+    address = rng.choice(ENDPOINTS).encode()
+    r = rng.randrange(4)
+    if r == 0:
+        raw = address
+    elif r < 3:
+        expires = rng.choice([1, int(time.time()) + 60, 2 ** 63 - 1, 2 ** 64 - 1])
+        varint = bytearray()
+        while True:
+            varint.append((expires & 0x7F) | (0x80 if expires > 0x7F else 0))
+            expires >>= 7
+            if not expires:
+                break
+        raw = b"\x0a" + bytes([len(address)]) + address + b"\x10" + bytes(varint)
+    else:
+        raw = bytes(rng.randrange(256) for _ in range(rng.randrange(40)))
+    return base64.b64encode(raw).decode()
+
+
 def strings_of(value: Any) -> list[str]:
     """Every string in `value` (keys too): what routes, policies and rules of a mutated object
     may match, so that requests hit what the mutation touched."""
@@ -761,6 +786,9 @@ def draw_request(rng: random.Random, target: Target, words: list[str]) -> Reques
         tok = token(rng)
         headers.append(("authorization", f"Bearer {tok}") if where == 0 else
                        ("x-jwt", f"Bearer {tok}") if where == 1 else ("cookie", f"session={tok}"))
+    if rng.random() < 0.2:
+        headers.append(("cookie", f"sid={session_value(rng)}") if rng.random() < 0.5 else
+                       ("x-session", session_value(rng)))
     if method == "OPTIONS" and rng.random() < 0.7:
         headers += [("origin", "https://a.example.com"), ("access-control-request-method", rng.choice(METHODS))]
     headers = [(k, v) for k, v in headers if k not in ("host", "content-length", "transfer-encoding", "connection",
