@@ -109,7 +109,12 @@ _HEADER = ("apiVersion", "kind", "metadata")
 def without_nulls(obj: Any) -> Any:
     """The object as validation reads it and translation must use it: known fields set to null
     (YAML `field:` with nothing) dropped, as the API server prunes them. The same object when it
-    has none (or is of no known kind)."""
+    has none (or is of no known kind). Metadata fields the translation reads too: a Pod's `uid:`
+    with nothing passed validation (null counts as unset) and reached the config stream as a null
+    workload uid, which every ztunnel and waypoint refused (NACKed the Service's update)."""
+    md = obj.get("metadata") if isinstance(obj, dict) else None
+    if isinstance(md, dict) and any(md[k] is None for k in _METADATA_CHECKS if k in md):
+        obj = {**obj, "metadata": {k: v for k, v in md.items() if v is not None or k not in _METADATA_CHECKS}}
     spec = spec_of(obj)
     if spec is None:
         return obj

@@ -299,14 +299,32 @@ def request_header_reason(name: Any) -> str | None:
     return header_name_reason(name)
 
 
+def _control_character(text: str) -> str | None:
+    """The first control character other than HTAB in `text` (CR and LF above all), or None."""
+    return next((c for c in text if (c < " " and c != "\t") or c == "\x7f"), None)
+
+
 def header_value_reason(text: str) -> str | None:
     """Why `text` cannot be an HTTP header value, or None. A control character other than HTAB (CR
     and LF above all) would end the header line on an HTTP/1.1 leg: a value could inject headers
-    or a whole request. Envoy refuses them in configuration too (its HTTP_HEADER_VALUE check)."""
-    bad = next((c for c in text if (c < " " and c != "\t") or c == "\x7f"), None)
+    or a whole request. Envoy refuses them in configuration too (its HTTP_HEADER_VALUE check).
+    For what a route writes into a header of its own: a redirect's Location (its scheme, host and
+    path), a rewritten authority (Host)."""
+    bad = _control_character(text)
     if bad is None:
         return None
     return f"must not contain control characters (found {bad!r}): it would end the header line"
+
+
+def request_path_reason(text: str) -> str | None:
+    """Why `text` cannot be what a route rewrites a request's path to, or None: a control
+    character (CR, LF) would end the request line on an HTTP/1.1 upstream, and what followed would
+    be headers, or another request, of the route's making. Envoy refuses them in `prefix_rewrite`
+    (its HTTP_HEADER_VALUE check); Istio passes a VirtualService's on, so the config is NACKed."""
+    bad = _control_character(text)
+    if bad is None:
+        return None
+    return f"must not contain control characters (found {bad!r}): it would end the request line"
 
 
 def header_op_reason(name: Any, op: str, request: bool) -> str | None:

@@ -20,6 +20,7 @@ from controller.kinds.common import (
     header_ops_checks,
     header_value_reason,
     parse_duration,
+    request_path_reason,
 )
 from controller.kinds.cors import HTTPCORSFilter
 from controller.kinds.schema import Arr, Check, Errors, Int, Map, Obj, Str, join
@@ -74,8 +75,11 @@ ResponseHeaderFilter = Obj({"set": Arr(HeaderValue), "add": Arr(HeaderValue), "r
 BackendObjectRef = Obj({"group": Str(), "kind": Str(), "name": Str(min_len=1), "namespace": Str(), "port": Port},
                        required=("name",))
 
+# A rewritten or redirected path and host go into the request line, the Host header or the
+# Location header: control characters refused (with CR/LF, a route injected headers there).
 PathModifier = Obj({"type": Str(enum=("ReplaceFullPath", "ReplacePrefixMatch")),
-                    "replaceFullPath": Str(), "replacePrefixMatch": Str()}, required=("type",))
+                    "replaceFullPath": Str(valid=request_path_reason),
+                    "replacePrefixMatch": Str(valid=request_path_reason)}, required=("type",))
 
 FILTER_TYPES = ("RequestHeaderModifier", "ResponseHeaderModifier", "RequestMirror", "RequestRedirect",
                 "URLRewrite", "ExtensionRef", "CORS")
@@ -120,10 +124,11 @@ def Filter(types: tuple[str, ...]) -> Obj:  # noqa: N802 - a schema constructor
                               "fraction": Obj({"numerator": Int(minimum=0), "denominator": Int(minimum=1)},
                                               required=("numerator",))},
                              required=("backendRef",), one_of=(("percent", "fraction"),)),
-        "requestRedirect": Obj({"scheme": Str(enum=("http", "https")), "hostname": Str(), "path": PathModifier,
+        "requestRedirect": Obj({"scheme": Str(enum=("http", "https")), "hostname": Str(valid=header_value_reason),
+                                "path": PathModifier,
                                 "port": Port, "statusCode": Int(minimum=301, maximum=308)},
                                checks=(_check_redirect_code,)),
-        "urlRewrite": Obj({"hostname": Str(), "path": PathModifier}),
+        "urlRewrite": Obj({"hostname": Str(valid=header_value_reason), "path": PathModifier}),
         "extensionRef": Obj({"group": Str(), "kind": Str(), "name": Str()}),
         "cors": HTTPCORSFilter,
     }, required=("type",), checks=(_check_filter,))

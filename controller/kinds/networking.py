@@ -36,6 +36,7 @@ from controller.kinds.common import (
     header_value_reason,
     parse_duration,
     request_header_reason,
+    request_path_reason,
 )
 from controller.kinds.cors import CorsPolicy
 from controller.kinds.schema import Arr, Bool, Errors, Int, Map, Num, Obj, Str, join
@@ -103,11 +104,15 @@ def _check_redirect(value: dict[str, Any], path: str, errs: Errors) -> None:
                      "(Istio refuses this too): without one it sends the client back to the same URL"))
 
 
+# What a redirect and a rewrite write into the Location header, the Host header and the request line
+# is checked as Envoy checks it (control characters refused): with CR/LF in one, a route injected
+# headers into its redirects and into the requests it sent upstream.
 HTTPRedirect = Obj({
-    "uri": Str(), "authority": Str(), "port": Port,
+    "uri": Str(valid=header_value_reason), "authority": Str(valid=header_value_reason), "port": Port,
     "derivePort": Str(enum=("FROM_PROTOCOL_DEFAULT", "FROM_REQUEST_PORT")),
-    "scheme": Str(), "redirectCode": Int(minimum=300, maximum=399),
-    "prefixRewrite": Str(description="On a redirect, replace the matched prefix (the match's uri prefix) with "
+    "scheme": Str(valid=header_value_reason), "redirectCode": Int(minimum=300, maximum=399),
+    "prefixRewrite": Str(valid=header_value_reason,
+                         description="On a redirect, replace the matched prefix (the match's uri prefix) with "
                                      "this value; the rest of the path and the query string stay."),
 }, one_of=(("port", "derivePort"),), checks=(_check_redirect,))
 
@@ -128,8 +133,9 @@ HTTPDirectResponse = Obj({"status": Int(minimum=200, maximum=599),
                                       one_of=(("string", "bytes"),))},
                          required=("status",))
 
-HTTPRewrite = Obj({"uri": Str(), "authority": Str(),
-                   "uriRegexRewrite": Obj({"match": Regex, "rewrite": Str()}, required=("match", "rewrite"))},
+HTTPRewrite = Obj({"uri": Str(valid=request_path_reason), "authority": Str(valid=header_value_reason),
+                   "uriRegexRewrite": Obj({"match": Regex, "rewrite": Str(valid=request_path_reason)},
+                                          required=("match", "rewrite"))},
                   one_of=(("uri", "uriRegexRewrite"),))
 
 

@@ -40,12 +40,13 @@ def response_ops(h: HeaderRewrite | None) -> HeaderOps:
 
 
 def authority_override(h: HeaderRewrite | None) -> str | None:
-    """The value of a request `set` of `host`/`:authority`, if any (it rewrites the authority)."""
+    """The value of a request `set` of `host`/`:authority`, if any (it rewrites the authority), as
+    its UTF-8 bytes (`wire_value`, as the other values here)."""
     if h is None:
         return None
     for n, v in h.request_set.items():
         if n.lower() in ("host", ":authority"):
-            return v
+            return wire_value(v)
     return None
 
 

@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+from ambit.httpfields import wire_value
 from ambit.model import Redirect
 from waypoint.request import Downstream, RequestHead
 from waypoint.routing.matchers import StringMatcher
@@ -37,10 +38,14 @@ def split_authority(authority: str) -> tuple[str, int | None]:
 
 
 def location(r: Redirect, head: RequestHead, down: Downstream, matched: StringMatcher | None) -> str:
-    scheme = (r.scheme or head.scheme or "http").lower()
+    """The Location header's value. The redirect's own text (scheme, authority, path) goes as its
+    UTF-8 bytes (`wire_value`), as Envoy sends it, beside the request's bytes: a host outside
+    latin-1 made the response unencodable (an HTTP/1.1 client's connection closed unanswered, an
+    HTTP/2 stream reset)."""
+    scheme = (wire_value(r.scheme) or head.scheme or "http").lower()
     req_host, req_port = split_authority(head.authority)
     if r.authority:
-        host, port = split_authority(r.authority)
+        host, port = split_authority(wire_value(r.authority))
     else:
         host, port = req_host, req_port
         if port is not None and scheme != (head.scheme or "http").lower() and port == DEFAULT_PORTS.get(
@@ -55,9 +60,9 @@ def location(r: Redirect, head: RequestHead, down: Downstream, matched: StringMa
     if port is not None and port == DEFAULT_PORTS.get(scheme):
         port = None
     if r.path and r.path_mode == "prefix":
-        path = replace_prefix(head.path, matched, r.path)
+        path = replace_prefix(head.path, matched, wire_value(r.path))
     elif r.path:
-        path = replace_full(head.path, r.path)
+        path = replace_full(head.path, wire_value(r.path))
     else:
         path = head.path
     if not path.startswith("/"):

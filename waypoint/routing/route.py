@@ -31,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 
+from ambit.httpfields import wire_value
 from ambit.model import RouteDestination
 from waypoint.localreply import local_reply
 from waypoint.request import Decision, Downstream, Forward, HeaderOps, LocalReply, RequestHead
@@ -150,14 +151,14 @@ def _decide(table: RouteTable, r: CompiledRoute, matched: RequestMatcher | None,
             return fwd
     path = None
     authority = None
-    if rw is not None:
+    if rw is not None:      # (configured text goes on the wire as its UTF-8 bytes: `wire_value`)
         if r.rewrite_regex is not None:
-            path = regex_rewrite(head.path, r.rewrite_regex, rw.regex_substitution)
+            path = regex_rewrite(head.path, r.rewrite_regex, wire_value(rw.regex_substitution))
         elif rw.path and rw.path_mode == "full":
-            path = replace_full(head.path, rw.path)
+            path = replace_full(head.path, wire_value(rw.path))
         elif rw.path:
-            path = replace_prefix(head.path, path_matcher, rw.path)
-        authority = rw.authority or None
+            path = replace_prefix(head.path, path_matcher, wire_value(rw.path))
+        authority = wire_value(rw.authority) or None
     authority = authority or chosen.authority or r.authority
     fwd = Forward(service=dest.service, port=port, subset=dest.subset, hostname=dest.host, path=path,
                   authority=authority, request_headers=chosen.request_headers,

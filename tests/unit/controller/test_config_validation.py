@@ -532,3 +532,47 @@ def test_validate_all_reports_every_error_and_duplicates() -> None:
     ]
     assert str(ei.value).count("\n") == 1
     assert validate_all([good]) is None
+
+
+def _httproute(rule: dict) -> dict:
+    return {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+            "metadata": {"name": "r", "namespace": "demo"},
+            "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": "reviews", "port": 80}], "rules": [rule]}}
+
+
+INJECTED = "x.example\r\nset-cookie: stolen=1"
+
+
+@pytest.mark.parametrize("obj, path, line", [
+    (vs([{"rewrite": {"authority": INJECTED}, "route": [{"destination": {"host": "reviews"}}]}]),
+     "spec.http[0].rewrite.authority", "header"),
+    (vs([{"rewrite": {"uri": "/a HTTP/1.1\r\nx: 1"}, "route": [{"destination": {"host": "reviews"}}]}]),
+     "spec.http[0].rewrite.uri", "request"),
+    (vs([{"rewrite": {"uriRegexRewrite": {"match": "/(.*)", "rewrite": "/\\1\nx: 1"}},
+          "route": [{"destination": {"host": "reviews"}}]}]), "spec.http[0].rewrite.uriRegexRewrite.rewrite", "request"),
+    (vs([{"redirect": {"authority": INJECTED}}]), "spec.http[0].redirect.authority", "header"),
+    (vs([{"redirect": {"uri": "/x\r\nx: 1"}}]), "spec.http[0].redirect.uri", "header"),
+    (vs([{"match": [{"uri": {"prefix": "/a"}}], "redirect": {"prefixRewrite": "/b\nx: 1"}}]),
+     "spec.http[0].redirect.prefixRewrite", "header"),
+    (vs([{"redirect": {"scheme": "https\r\nx: 1"}}]), "spec.http[0].redirect.scheme", "header"),
+    (_httproute({"filters": [{"type": "URLRewrite", "urlRewrite": {"hostname": INJECTED}}],
+                 "backendRefs": [{"name": "reviews", "port": 80}]}), "spec.rules[0].filters[0].urlRewrite.hostname",
+     "header"),
+    (_httproute({"filters": [{"type": "URLRewrite", "urlRewrite": {
+        "path": {"type": "ReplaceFullPath", "replaceFullPath": "/a\r\nx: 1"}}}],
+                 "backendRefs": [{"name": "reviews", "port": 80}]}),
+     "spec.rules[0].filters[0].urlRewrite.path.replaceFullPath", "request"),
+    (_httproute({"filters": [{"type": "RequestRedirect", "requestRedirect": {"hostname": INJECTED}}]}),
+     "spec.rules[0].filters[0].requestRedirect.hostname", "header"),
+])
+def test_a_rewrite_or_redirect_with_a_control_character_is_refused_naming_the_field(obj: dict, path: str,
+                                                                                    line: str) -> None:
+    """What a route writes into a request's Host header or request line, or into a redirect's
+    Location, was not checked: with CR/LF in a VirtualService `rewrite.authority`, the waypoint sent
+    the upstream headers of the route's making (found by test_request_config_fuzz), and a
+    `redirect.authority` split the redirect's own headers. Refused now, as Envoy refuses control
+    characters in these fields (its HTTP_HEADER_VALUE check)."""
+    errs = validate_object(obj)
+    assert [e.path for e in errs] == [path], [str(e) for e in errs]
+    assert errs[0].reason.startswith("must not contain control characters (found '\\")
+    assert errs[0].reason.endswith(f"it would end the {line} line"), errs[0].reason
