@@ -105,7 +105,7 @@ class RoundRobin:
         sw = self._weighted.get(key)
         if sw is None:
             sw = self._weighted[key] = SmoothWeighted()
-        return candidates[sw.pick_index([f"{i}" for i in range(len(candidates))], weights)]
+        return candidates[sw.pick_index(range(len(candidates)), weights)]
 
 
 def format_addr(ip: str, port: int) -> str:

@@ -9,20 +9,20 @@ change between picks (least request divides them by active requests).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 
 
 class SmoothWeighted:
     """The credits of one set of hosts (one balancer, or one ztunnel route key)."""
 
     def __init__(self) -> None:
-        self._credit: dict[str, float] = {}
+        self._credit: dict[Hashable, float] = {}
 
     def pick(self, hosts: Sequence[str], weights: Sequence[float]) -> str:
         return hosts[self.pick_index(hosts, weights)]
 
-    def pick_index(self, hosts: Sequence[str], weights: Sequence[float]) -> int:
-        """The index in `hosts` (distinct keys) of the pick."""
+    def pick_index(self, hosts: Sequence[Hashable], weights: Sequence[float]) -> int:
+        """The index in `hosts` (distinct keys: addresses, or indices) of the pick."""
         total = 0.0
         best = 0
         best_credit = float("-inf")

@@ -43,7 +43,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,7 +66,7 @@ Lister = Callable[..., Any]     # a typed API's list_* method, or CustomObjectsA
 MAX_EVENT_BYTES = 16 << 20
 
 
-def watch_lines(resp: Any, limit: int = MAX_EVENT_BYTES, what: str = "watch"):  # noqa: ANN201 - Iterator[str]
+def watch_lines(resp: Any, limit: int = MAX_EVENT_BYTES, what: str = "watch") -> Iterator[str]:
     """The lines of a watch response as they arrive (kubernetes.watch's iter_resp_lines, bounded):
     a ValueError naming `what` when `limit` bytes pass without a newline. Invalid UTF-8 is
     replaced, as there."""

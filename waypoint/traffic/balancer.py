@@ -12,15 +12,16 @@ in panic, not excluded unless nothing else is left), so balancers only choose:
   alias, mapped by the controller): power of two choices, Envoy's default `choice_count` 2: draw
   two endpoints at random (with replacement) and take the one with fewer active requests, the
   first drawn on a tie (least_request_lb.cc `unweightedHostPick`).
-- `RANDOM`: uniformly at random.
+- `RANDOM`: uniformly at random (by weight when the endpoints' weights differ).
 - `CONSISTENT_HASH`: `HashBalancer`, over a ring hash (default) or Maglev table.
 
 With endpoint weights (a ServiceEntry's `endpoints[].weight`) that differ, or slow start
 (warmup.py) and some endpoint still warming, ROUND_ROBIN and LEAST_REQUEST become weighted, as
 Envoy's EDF scheduler does: weight = the endpoint's weight times its slow-start factor, divided by
-(active requests + 1) for LEAST_REQUEST (Envoy's `active_request_bias` 1.0). RANDOM ignores
-weights, as Envoy's random balancer does; the hash tables give each host a share that follows its
-weight (hashring.py, maglev.py). `smooth_weighted` spreads picks in
+(active requests + 1) for LEAST_REQUEST (Envoy's `active_request_bias` 1.0). RANDOM draws by the
+endpoint weights (where Envoy's random balancer ignores them: Ambit honours what it accepts, as
+Istio's ztunnel draws by weight); the hash tables give each host a share that follows its weight
+(hashring.py, maglev.py). `SmoothWeighted` (ambit/dataplane/smoothweighted.py) spreads picks in
 proportion to the weights (nginx's smooth weighted round robin: deterministic like EDF).
 
 Pure: the random source is injected. A draw among n endpoints is `int(rng.random() * n)`: uniform
@@ -105,7 +106,16 @@ class Random(Balancer):
     def pick(self, hosts: Sequence[str], active: Mapping[str, int],
              weights: Sequence[float] | None = None) -> str:
         n = len(hosts)
-        return hosts[0] if n == 1 else hosts[int(self.rng.random() * n)]
+        if n == 1:
+            return hosts[0]
+        if weights is None:
+            return hosts[int(self.rng.random() * n)]
+        x = self.rng.random() * sum(weights)        # by weight: one draw, then the cumulative sums
+        for h, w in zip(hosts, weights, strict=True):
+            x -= w
+            if x < 0:
+                return h
+        return hosts[-1]
 
 
 def simple_balancer(lb: str, rng: random.Random) -> Balancer:

@@ -33,7 +33,7 @@ from ambit.model import Service, TrafficPolicy, WaypointRoutes
 from waypoint.http.attempt import Outcome
 from waypoint.request import Downstream, RequestHead
 from waypoint.resilience.budget import RetryCircuit
-from waypoint.traffic.balancer import CONSISTENT_HASH, DEFAULT, RANDOM, HashBalancer, simple_balancer
+from waypoint.traffic.balancer import CONSISTENT_HASH, DEFAULT, HashBalancer, simple_balancer
 from waypoint.traffic.breaker import Breaker
 from waypoint.traffic.hashkey import HashKey, HashPolicy
 from waypoint.traffic.locality import (
@@ -122,7 +122,7 @@ class Cluster:
         self.active: dict[str, int] = {}        # active requests per endpoint (least request, /clusters)
         self.hosts: tuple[str, ...] = ()        # the endpoints of the last pick
         # their weights (ServiceEntry endpoints' `weight`), None when all are equal: weighted round
-        # robin and least request and a weighted hash table, as Envoy's; RANDOM ignores them, as Envoy's
+        # robin and least request and a weighted hash table, as Envoy's; RANDOM draws by them
         self.weights: dict[str, int] | None = None
         self._weight_list: tuple[int, ...] | None = None     # `weights` in `hosts` order, for the hash table
         self.basis: tuple[object, object] | None = None  # what the waypoint last computed `hosts` from
@@ -192,7 +192,7 @@ class Cluster:
             h = key.value if key is not None and key.value is not None else self.rng.getrandbits(64)
             return self.hasher.pick(hosts, usable, h, self._weight_list)
         weights: list[float] | None = None
-        if self.weights is not None and self.lb != RANDOM:
+        if self.weights is not None:
             weights = [self.weights.get(h, 1) for h in usable]
         if self.warmup is not None and self.warmup.warming(usable, now):
             factors = [self.warmup.factor(h, now) for h in usable]

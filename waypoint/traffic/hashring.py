@@ -13,9 +13,9 @@ balancer skips ejected or excluded hosts by taking the next one, which is exactl
 rebuilt without them would answer (their points gone, the next point wins), without the rebuild.
 With weights that differ (ServiceEntry endpoints' `weight`), the ring is scaled so that the
 lightest host gets a whole number of points, at least `minimumRingSize` times its share (at most
-ambit.hashtable's MAX_RING_SIZE in all, where Envoy allows 8 M), and each host gets points in proportion to its weight, counted as
-running sums so that fractions even out (Envoy's `Ring` constructor). Equal weights build the
-unweighted ring.
+ambit.hashtable's MAX_RING_SIZE in all, where Envoy allows 8 M), and each host gets points in
+proportion to its weight, counted as running sums so that fractions even out (Envoy's `Ring`
+constructor). Equal weights build the unweighted ring.
 """
 
 from __future__ import annotations
@@ -27,13 +27,11 @@ from collections.abc import Iterator, Sequence
 from ambit.hashtable import MAX_RING_SIZE, RING_DEFAULT
 from waypoint.traffic.xxhash64 import xxh64
 
-DEFAULT_MIN_RING_SIZE = RING_DEFAULT
-
 
 class RingHash:
     def __init__(self, hosts: Sequence[str], min_size: int = 0, weights: Sequence[int] | None = None) -> None:
         self.hosts = list(hosts)
-        size = min(max(min_size or DEFAULT_MIN_RING_SIZE, 1), MAX_RING_SIZE)
+        size = min(max(min_size or RING_DEFAULT, 1), MAX_RING_SIZE)
         if weights is not None and len(set(weights)) > 1:
             ring = sorted(_weighted_points(self.hosts, weights, size))
         else:

@@ -23,10 +23,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 
-from ambit.hashtable import MAGLEV_DEFAULT, maglev_size
+from ambit.hashtable import maglev_size
 from waypoint.traffic.xxhash64 import xxh64
-
-DEFAULT_TABLE_SIZE = MAGLEV_DEFAULT
 
 
 class Maglev:
