@@ -27,6 +27,8 @@ waypoint/http/headers.py's.
 
 from __future__ import annotations
 
+import re
+
 # Envoy's sanitized headers that are removed from an external request (and not set again below)
 EXTERNAL_REMOVED = frozenset({
     "x-envoy-decorator-operation", "x-envoy-downstream-service-cluster", "x-envoy-downstream-service-node",
@@ -64,19 +66,37 @@ def sanitize(headers: list[tuple[str, str]], scheme: str, client_ip: str, client
 def client_cert_element(der: bytes) -> str:
     """The x-forwarded-client-cert element of a verified client certificate (DER), as Envoy writes
     it with Istio's gateway settings: `Hash` (SHA-256 of the DER, hex), `Subject` (RFC 4514, quoted),
-    then each `URI` and `DNS` subject alternative name. Imports `cryptography` on first use: only
+    then each `URI` and `DNS` subject alternative name, their control characters escaped (`_CTL`,
+    below). Imports `cryptography` on first use: only
     a gateway with a mutual-TLS listener parses certificates."""
     import hashlib
 
     from cryptography import x509
     cert = x509.load_der_x509_certificate(der)
-    subject = cert.subject.rfc4514_string().replace("\\", "\\\\").replace('"', '\\"')
+    subject = _CTL.sub(_hex_escape, cert.subject.rfc4514_string()).replace("\\", "\\\\").replace('"', '\\"')
     parts = [f"Hash={hashlib.sha256(der).hexdigest()}", f'Subject="{subject}"']
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
         san = None
     if san is not None:
-        parts += [f"URI={u}" for u in san.get_values_for_type(x509.UniformResourceIdentifier)]
-        parts += [f"DNS={d}" for d in san.get_values_for_type(x509.DNSName)]
+        parts += [f"URI={_CTL.sub(_percent_escape, u)}" for u in san.get_values_for_type(x509.UniformResourceIdentifier)]
+        parts += [f"DNS={_CTL.sub(_hex_escape, d)}" for d in san.get_values_for_type(x509.DNSName)]
     return ";".join(parts)
+
+
+# Control characters in a certificate's strings. A client certificate is the client's text: its
+# subject and its URI and DNS names are IA5 or UTF-8 strings that may hold CR and LF, which in the
+# header's value would end the header line and inject the rest as headers of the client's choosing
+# into the backend's request (a certificate with the common name `a\r\nx-user: admin` did). They are
+# written escaped as OpenSSL's RFC 2253 printing (Envoy's `Subject`) escapes them, `\0D`; a URI's
+# as its percent-encoding, the only form a URI may carry them in.
+_CTL = re.compile("[\x00-\x1f\x7f]")
+
+
+def _hex_escape(m: re.Match[str]) -> str:
+    return f"\\{ord(m.group()):02X}"
+
+
+def _percent_escape(m: re.Match[str]) -> str:
+    return f"%{ord(m.group()):02X}"

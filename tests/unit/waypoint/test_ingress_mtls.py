@@ -33,6 +33,11 @@ from waypoint.ingress_listen import IngressListeners
 
 pytestmark = pytest.mark.timeout(60)
 PARTNER = "spiffe://partner.example/app"
+# "crafted": a certificate the client CA signed whose strings hold CR/LF (a CA that signs what its
+# requesters put in the subject does), each followed by a header line of the holder's choosing
+CRAFTED_CN = "crafted\r\nx-injected-cn: 1"
+CRAFTED_URI = "spiffe://partner.example/app\r\nx-injected-uri: 1"
+CRAFTED_DNS = "crafted.example\r\nx-injected-dns: 1"
 
 
 def _client_pki(tmp: Path) -> tuple[str, dict[str, tuple[Path, Path]]]:
@@ -40,24 +45,27 @@ def _client_pki(tmp: Path) -> tuple[str, dict[str, tuple[Path, Path]]]:
     URI, same CA) and "stranger" (signed by another CA), each as (cert file, key file)."""
     now = datetime.datetime.now(datetime.UTC)
 
-    def make(cn: str, key, issuer: str, signer, ca: bool, uri: str = "") -> x509.Certificate:
+    def make(cn: str, key, issuer: str, signer, ca: bool, uri: str = "", dns: str = "") -> x509.Certificate:
         b = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
              .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)])).public_key(key.public_key())
              .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(hours=1))
              .not_valid_after(now + datetime.timedelta(hours=1))
              .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
         if uri:
-            b = b.add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(uri)]), critical=False)
+            names = [x509.UniformResourceIdentifier(uri), *([x509.DNSName(dns)] if dns else [])]
+            b = b.add_extension(x509.SubjectAlternativeName(names), critical=False)
         return b.sign(signer, hashes.SHA256())
     ca_key, other_ca_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
     ca = make("client-ca", ca_key, "client-ca", ca_key, True)
     out = {}
     for name, uri, issuer, signer in (("partner", PARTNER, "client-ca", ca_key),
                                       ("other", "spiffe://other.example/app", "client-ca", ca_key),
-                                      ("stranger", PARTNER, "rogue-ca", other_ca_key)):
+                                      ("stranger", PARTNER, "rogue-ca", other_ca_key),
+                                      ("crafted", CRAFTED_URI, "client-ca", ca_key)):
         k = ec.generate_private_key(ec.SECP256R1())
         cert, key = tmp / f"{name}.crt", tmp / f"{name}.key"
-        cert.write_bytes(make(name, k, issuer, signer, False, uri).public_bytes(serialization.Encoding.PEM))
+        cn, dns = (CRAFTED_CN, CRAFTED_DNS) if name == "crafted" else (name, "")
+        cert.write_bytes(make(cn, k, issuer, signer, False, uri, dns).public_bytes(serialization.Encoding.PEM))
         key.write_bytes(k.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                         serialization.NoEncryption()))
         out[name] = (cert, key)
@@ -249,5 +257,26 @@ def test_gateway_api_frontend_validation_verifies_client_certificates(tmp_path: 
         rc, got = await _curl(b.port, b.ca, HOSTS[0], *b.cert("partner"))
         assert rc == 0
         assert got["x-forwarded-client-cert"].endswith(f"URI={PARTNER}"), got
+
+    b.run(main)
+
+
+def test_a_client_certificate_with_control_characters_injects_no_header_into_xfcc(tmp_path: Path) -> None:
+    """A verified client certificate's subject, URI and DNS names go into x-forwarded-client-cert,
+    and a CA may sign a name holding CR/LF: written as they are, they ended the header line and the
+    rest reached the backend as headers of the holder's choosing (`x-injected-cn: 1`). They are
+    escaped as OpenSSL's RFC 2253 printing escapes them (`\\0D\\0A`; percent-encoded in a URI):
+    the backend gets one XFCC header and nothing else of the certificate's."""
+    b = _Bench(tmp_path)
+    b.apply(_gateway(b.port, b.certs, b.client_ca, other_ca=b.client_ca), "1")
+
+    async def main(listeners: IngressListeners) -> None:
+        rc, got = await _curl(b.port, b.ca, HOSTS[1], *b.cert("crafted"))      # OPTIONAL_MUTUAL: any SAN
+        assert rc == 0
+        assert not [k for k in got if k.startswith("x-injected")], got
+        xfcc = got["x-forwarded-client-cert"]
+        assert ('Subject="CN=crafted\\\\0D\\\\0Ax-injected-cn: 1";'
+                "URI=spiffe://partner.example/app%0D%0Ax-injected-uri: 1;"
+                "DNS=crafted.example\\0D\\0Ax-injected-dns: 1") in xfcc, xfcc
 
     b.run(main)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from http import HTTPStatus
 
+from waypoint.http.injection import clean_text, percent_encoded, report
 from waypoint.http.legs import Headers
 
 REASONS = {s.value: s.phrase for s in HTTPStatus}
@@ -50,12 +51,24 @@ def check_transfer_encoding(value: str) -> None:
 
 
 def encode_head(first: bytes, headers: Headers) -> bytes:
-    """`first` (a status or request line), the header lines and the blank line: encoded once.
-    The lines are joined in C (`": ".join` mapped over the (name, value) pairs), with no Python
-    bytecode per header (an f-string per header in a list comprehension was ~7)."""
-    if not headers:
-        return first + b"\r\n"
-    return first + "\r\n".join(map(_LINE, headers)).encode("latin-1") + b"\r\n\r\n"
+    """`first` (a status or request line, ending in CRLF), the header lines and the blank line:
+    encoded once. The lines are joined in C (`": ".join` mapped over the (name, value) pairs), with
+    no Python bytecode per header (an f-string per header in a list comprehension was ~7).
+
+    The last guard against header injection (waypoint/http/injection.py): a sound head has exactly
+    one CR and one LF per line and no NUL, three scans in C; a head that fails them is `_mend`ed."""
+    head = first + "\r\n".join(map(_LINE, headers)).encode("latin-1") + (b"\r\n\r\n" if headers else b"\r\n")
+    n = len(headers) + 2
+    if head.count(b"\n") == n and head.count(b"\r") == n and b"\0" not in head:
+        return head
+    return _mend(first, headers)
 
 
 _LINE = ": ".join
+
+
+def _mend(first: bytes, headers: Headers) -> bytes:
+    """A head that would inject, written without it (waypoint/http/injection.py)."""
+    kept = [(k, v) for k, v in headers if clean_text(k, v)]
+    report("HTTP/1.1", [k for k, v in headers if not clean_text(k, v)])
+    return encode_head(percent_encoded(first[:-2]) + b"\r\n", kept)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
+from itertools import chain
 from typing import TYPE_CHECKING, Any
 
 import h2.config
@@ -21,6 +22,7 @@ from hyperframe.frame import RstStreamFrame
 from ambit.dataplane.hbone.limits import DEFENSES
 from ambit.dataplane.nghttp2 import NgHttp2Connection
 from waypoint.http.headers import HOP_BY_HOP
+from waypoint.http.injection import BAD, percent_encoded, report
 from waypoint.http.legs import Headers
 
 if TYPE_CHECKING:
@@ -56,11 +58,33 @@ def decode_headers(headers: list[tuple[bytes, bytes]]) -> tuple[dict[str, str], 
 
 
 def encode_headers(pseudo: list[tuple[str, str]], headers: Headers) -> list[tuple[bytes, bytes]]:
+    """The fields of a HEADERS frame: `pseudo` then `headers` without the hop-by-hop ones. The
+    last guard against header injection (waypoint/http/injection.py): nghttp2 sends what it is
+    given, and a CR, LF or NUL, which an HTTP/2 peer must refuse and one that downgrades to
+    HTTP/1.1 might pass on, is looked for in C (all fields joined, three scans)."""
     out = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in pseudo]
     for k, v in headers:
         if k in HOP_BY_HOP and not (k == "te" and v == "trailers") or k == "host" or k.startswith(":"):
             continue
         out.append((k.encode("latin-1"), v.encode("latin-1")))
+    blob = b"".join(chain.from_iterable(out))
+    if b"\n" in blob or b"\r" in blob or b"\0" in blob:
+        return _mended(out)
+    return out
+
+
+def _mended(fields: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """Fields that would inject, without it: pseudo-headers' values percent-encoded (a request has
+    to keep its `:path` and `:authority`), other fields holding CR, LF or NUL left out."""
+    out, dropped = [], []
+    for k, v in fields:
+        if k[:1] == b":":
+            out.append((k, percent_encoded(v)))
+        elif BAD.search(k) or BAD.search(v):
+            dropped.append(k)
+        else:
+            out.append((k, v))
+    report("HTTP/2", dropped)
     return out
 
 
