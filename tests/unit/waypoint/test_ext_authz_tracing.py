@@ -175,7 +175,10 @@ def test_a_failed_check_ends_its_span_with_the_error(traced: Traced) -> None:
     m.configure([grpc_provider(timeout=0.2, status_on_error=504)], custom("authz-grpc"))
     assert m.curl("--http1.1", "/x", SAMPLED, "x-ext-authz: allow", "x-ext-authz-delay: 1")[0] == 504
     check, _ = check_and_server(traced.spans(2))
-    assert check.name == GRPC_SPAN and check.error and check.attributes["error.reason"] == "timeout"
+    # DEADLINE_EXCEEDED either way: the waypoint's timer (`error.reason: timeout`, no status got) or,
+    # when that timer is late on a loaded machine, the authorizer's own answer to the grpc-timeout
+    # the call carries (a status got: no `error.reason`), whichever comes first
+    assert check.name == GRPC_SPAN and check.error and check.attributes.get("error.reason", "timeout") == "timeout"
     assert check.attributes["grpc.status_code"] == "4"      # DEADLINE_EXCEEDED
 
     traced.receiver.spans.clear()
