@@ -79,6 +79,7 @@ class Str(Schema):
     valid: Callable[[str], str | None] | None = None   # returns a reason when the value is bad
     min_len: int = 0
     description: str = ""
+    max_len: int = 0            # 0: no bound. The upstream CRD's maxLength, which Ambit's CRDs carry too
 
     def check(self, value: Any, path: str, errs: Errors) -> None:
         if not isinstance(value, str):
@@ -89,6 +90,9 @@ class Str(Schema):
             return
         if len(value) < self.min_len:
             errs.append((path, "must not be empty"))
+            return
+        if self.max_len and len(value) > self.max_len:
+            errs.append((path, f"must be at most {self.max_len} characters, got {len(value)}"))
             return
         if self.valid is not None:
             reason = self.valid(value)
@@ -103,6 +107,8 @@ class Str(Schema):
             d["pattern"] = self.pattern
         if self.min_len:
             d["minLength"] = self.min_len
+        if self.max_len:
+            d["maxLength"] = self.max_len
         return self._doc(d)
 
 
@@ -240,11 +246,14 @@ class Map(Schema):
     values: Schema
     key: Callable[[Any], str | None] | None = None   # returns a reason when the key is bad
     description: str = ""
+    max_entries: int = 0        # 0: no bound (the upstream CRD's maxProperties)
 
     def check(self, value: Any, path: str, errs: Errors) -> None:
         if not isinstance(value, dict):
             errs.append((path, f"must be a map, got {show(value)}"))
             return
+        if self.max_entries and len(value) > self.max_entries:
+            errs.append((path, f"must have at most {self.max_entries} entries, got {len(value)}"))
         for k, v in value.items():
             sub = f"{path}[{k}]"        # Kubernetes' notation for map keys: metadata.labels[app]
             if self.key is not None:
@@ -264,7 +273,10 @@ class Map(Schema):
         return value if all(out[k] is v for k, v in value.items()) else out
 
     def openapi(self) -> dict[str, Any]:
-        return self._doc({"type": "object", "additionalProperties": self.values.openapi()})
+        d: dict[str, Any] = {"type": "object", "additionalProperties": self.values.openapi()}
+        if self.max_entries:
+            d["maxProperties"] = self.max_entries
+        return self._doc(d)
 
 
 @dataclass
