@@ -41,9 +41,21 @@ def _check_positive_duration(text: str) -> str | None:
     return None
 
 
-def Duration(description: str = "", positive: bool = False) -> Str:  # noqa: N802 - a schema constructor
-    return Str(valid=_check_positive_duration if positive else _check_duration,
-               pattern=GO_DURATION_PATTERN, description=description)
+def _check_off_or_positive_duration(text: str) -> str | None:
+    reason = _check_duration(text)
+    if reason:
+        return reason
+    if 0 < parse_duration(text) < 0.001:
+        return f'must be 0 (none) or a duration of at least 1ms, got "{text}"'
+    return None
+
+
+def Duration(description: str = "", positive: bool = False, off: bool = False) -> Str:  # noqa: N802
+    """A Go duration. `positive`: at least 1ms, as Istio's CRDs require (`duration(self) >=
+    duration('1ms')`). `off`: 0 too, where Ambit reads 0 as "none" (a route timeout), but nothing
+    between: a sub-millisecond value is below what Envoy and Istio honour."""
+    check = _check_off_or_positive_duration if off else _check_positive_duration if positive else _check_duration
+    return Str(valid=check, pattern=GO_DURATION_PATTERN, description=description)
 
 
 # Gateway API durations (GEP-2257): up to four parts of 1-5 digits with h, m, s or ms; no fractions.
@@ -79,6 +91,11 @@ Regex = Str(valid=check_regex)
 # -- ports, addresses, names ---------------------------------------------------------------------
 
 Port = Int(minimum=1, maximum=65535)
+
+# Istio's int32 and uint32 counters (its CRDs' `format: int32` and `maximum: 4294967295`): a larger
+# value is refused by Istio's API server and cannot be carried by its protobuf.
+Int32 = Int(minimum=0, maximum=2**31 - 1)
+UInt32 = Int(minimum=0, maximum=2**32 - 1)
 
 
 def check_ingress_port(port: int, path: str, errs: Errors) -> None:
@@ -200,11 +217,13 @@ def label_value_reason(value: Any) -> str | None:
 Name = Str(valid=check_subdomain)
 NamespaceName = Str(valid=check_label)
 Labels = Map(Str(valid=label_value_reason), key=label_key_reason)
+# Istio's CRDs bound a selector's matchLabels (maxProperties 4096) and a ServiceEntry's labels (256).
+SelectorLabels = Map(Str(valid=label_value_reason), key=label_key_reason, max_entries=4096)
 Strings = Arr(Str())
 
 # -- Istio building blocks -----------------------------------------------------------------------
 
-WorkloadSelector = Obj({"matchLabels": Labels}, description="Selects pods by labels in the policy's namespace.")
+WorkloadSelector = Obj({"matchLabels": SelectorLabels}, description="Selects pods by labels in the policy's namespace.")
 
 # The API group of each policy target kind Istio accepts (pilot's allowedTargetRefs); a targetRef
 # whose group is another binds nothing in Istio (its policy matcher compares group and kind), so it
@@ -236,10 +255,13 @@ def _check_target(ref: dict[str, Any], path: str, errs: Errors) -> None:
                                           "group binds nothing (leave group empty for the kind's own)"))
 
 
+# Istio's CRD bounds the name (253, an object name: a longer one names nothing, so the policy would
+# bind nothing) and the list (16).
 PolicyTargetReference = Obj(
-    {"group": Str(), "kind": Str(min_len=1), "name": Str(min_len=1), "namespace": Str()},
+    {"group": Str(), "kind": Str(min_len=1), "name": Str(min_len=1, max_len=253), "namespace": Str()},
     required=("kind", "name"), checks=(_check_target,),
 )
+PolicyTargetReferences = Arr(PolicyTargetReference, max_items=16)
 
 PortSelector = Obj({"number": Port})
 

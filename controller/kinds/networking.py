@@ -18,6 +18,7 @@ from controller.kinds.common import (
     GO_DURATION_PATTERN,
     Cidr,
     Duration,
+    Int32,
     Labels,
     NamespaceName,
     Percent,
@@ -26,6 +27,7 @@ from controller.kinds.common import (
     Regex,
     StringMatch,
     Strings,
+    UInt32,
     WorkloadSelector,
     check_subdomain,
     cookie_attribute_reason,
@@ -149,7 +151,7 @@ def _check_retry(value: dict[str, Any], path: str, errs: Errors) -> None:
                      "set attempts to the number of retries (Istio refuses this too)"))
 
 
-HTTPRetry = Obj({"attempts": Int(minimum=0), "perTryTimeout": Duration(positive=True),
+HTTPRetry = Obj({"attempts": Int32, "perTryTimeout": Duration(positive=True),
                  "retryOn": Str(valid=invalid_retry_on),
                  "retryRemoteLocalities": Bool(), "retryIgnorePreviousHosts": Bool(),
                  "backoff": Duration(positive=True)}, checks=(_check_retry,))
@@ -217,7 +219,9 @@ HTTPRoute = Obj({
     "directResponse": HTTPDirectResponse,
     "delegate": Obj({"name": Str(min_len=1), "namespace": Str()}, required=("name",)),
     "rewrite": HTTPRewrite,
-    "timeout": Duration(),
+    # Istio's CRD wants at least 1ms; Ambit also takes 0, which it reads as unset (no timeout, Istio's
+    # default and Envoy's meaning of 0), but nothing in between.
+    "timeout": Duration(off=True),
     "retries": HTTPRetry,
     "fault": HTTPFaultInjection,
     "mirror": Destination,
@@ -409,7 +413,7 @@ LoadBalancer = Obj({
     "simple": Str(enum=("UNSPECIFIED", "LEAST_CONN", "RANDOM", "PASSTHROUGH", "ROUND_ROBIN", "LEAST_REQUEST")),
     "consistentHash": ConsistentHash,
     "localityLbSetting": LocalityLbSetting,
-    "warmupDurationSecs": Duration(),
+    "warmupDurationSecs": Duration(positive=True),      # Istio's CRD: at least 1ms
     "warmup": Obj({"duration": Duration(positive=True), "aggression": Num(minimum=0),
                    "minimumPercent": Num(minimum=0, maximum=100)}, required=("duration",)),
 }, one_of=(("simple", "consistentHash"),), unsupported={
@@ -442,21 +446,23 @@ TcpKeepalive = Obj({"probes": Int(minimum=0, maximum=MAX_PROBES),
 
 ConnectionPool = Obj({
     "tcp": Obj({
-        "maxConnections": Int(minimum=0),
+        "maxConnections": Int32,
         "connectTimeout": Duration(positive=True),
         "tcpKeepalive": TcpKeepalive,
-        "maxConnectionDuration": Duration(),
+        # at least 1ms, as Istio's CRD says: 0 read as unset, so the waypoint's default applied where
+        # Envoy reads 0 as "no limit"
+        "maxConnectionDuration": Duration(positive=True),
         "idleTimeout": Duration(),
     }),
     "http": Obj({
-        "http1MaxPendingRequests": Int(minimum=0),
-        "http2MaxRequests": Int(minimum=0),
-        "maxRequestsPerConnection": Int(minimum=0),
-        "maxRetries": Int(minimum=0),
-        "idleTimeout": Duration(),
+        "http1MaxPendingRequests": Int32,
+        "http2MaxRequests": Int32,
+        "maxRequestsPerConnection": Int32,
+        "maxRetries": Int32,
+        "idleTimeout": Duration(positive=True),       # as maxConnectionDuration
         "h2UpgradePolicy": Str(enum=("DEFAULT", "DO_NOT_UPGRADE", "UPGRADE")),
         "useClientProtocol": Bool(),
-        "maxConcurrentStreams": Int(minimum=0),
+        "maxConcurrentStreams": Int32,
         "http2KeepAlive": Obj({"interval": Duration(positive=True), "timeout": Duration(positive=True)},
                               description="HTTP/2 PING frames on upstream connections."),
     }),
@@ -464,10 +470,10 @@ ConnectionPool = Obj({
 
 OutlierDetection = Obj({
     "splitExternalLocalOriginErrors": Bool(),
-    "consecutiveLocalOriginFailures": Int(minimum=0),
-    "consecutiveGatewayErrors": Int(minimum=0),
-    "consecutive5xxErrors": Int(minimum=0),
-    "consecutiveErrors": Int(minimum=0),
+    "consecutiveLocalOriginFailures": UInt32,
+    "consecutiveGatewayErrors": UInt32,
+    "consecutive5xxErrors": UInt32,
+    "consecutiveErrors": Int32,
     "interval": Duration(positive=True),
     "baseEjectionTime": Duration(positive=True),
     "maxEjectionPercent": Int(minimum=0, maximum=100),
@@ -555,11 +561,11 @@ PortTrafficPolicy = Obj({"port": PortSelector, **_POLICY_FIELDS})
 
 TrafficPolicy = Obj({
     **_POLICY_FIELDS,
-    "portLevelSettings": Arr(PortTrafficPolicy),
+    "portLevelSettings": Arr(PortTrafficPolicy, max_items=4096),
     "tunnel": Obj({"protocol": Str(), "targetHost": Str(min_len=1), "targetPort": Port},
                   required=("targetHost", "targetPort")),
     "proxyProtocol": Obj({"version": Str(enum=("V1", "V2"))}),
-    "retryBudget": Obj({"percent": Num(minimum=0, maximum=100), "minRetryConcurrency": Int(minimum=0),
+    "retryBudget": Obj({"percent": Num(minimum=0, maximum=100), "minRetryConcurrency": UInt32,
                         "budgetInterval": Duration(positive=True)}),
 })
 

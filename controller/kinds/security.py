@@ -13,6 +13,7 @@ from controller.kinds.common import (
     Cidr,
     Duration,
     PolicyTargetReference,
+    PolicyTargetReferences,
     PortString,
     Strings,
     WorkloadSelector,
@@ -160,7 +161,7 @@ Condition = Obj({"key": Str(min_len=1), "values": Strings, "notValues": Strings}
                 required=("key",), checks=(_check_condition,))
 
 Rule = Obj({
-    "from": Arr(Obj({"source": Source}, required=("source",)), min_items=1),
+    "from": Arr(Obj({"source": Source}, required=("source",)), min_items=1, max_items=512),
     "to": Arr(Obj({"operation": Operation}, required=("operation",)), min_items=1),
     "when": Arr(Condition, min_items=1),
 })
@@ -187,10 +188,10 @@ def _check_authz(value: dict[str, Any], path: str, errs: Errors) -> None:
 AuthorizationPolicySpec = Obj({
     "selector": WorkloadSelector,
     "targetRef": PolicyTargetReference,
-    "targetRefs": Arr(PolicyTargetReference),
+    "targetRefs": PolicyTargetReferences,
     "action": Str(enum=("ALLOW", "DENY", "AUDIT", "CUSTOM")),
     "provider": Obj({"name": Str()}),
-    "rules": Arr(Rule),
+    "rules": Arr(Rule, max_items=512),       # Istio's CRD limits (its CEL cost bounds)
 }, one_of=(("selector", "targetRef", "targetRefs"),), checks=(_check_authz,))
 
 MtlsMode = Str(enum=("UNSET", "DISABLE", "PERMISSIVE", "STRICT"))
@@ -281,7 +282,10 @@ JwtRule = Obj({
     "spaceDelimitedClaims": Arr(Str(min_len=1), max_items=64,
                                 description="Top-level claims read as space-separated words, besides `scope` and "
                                             "`permission` (always)."),
-}, required=("issuer",), checks=(_check_jwt_rule,), unsupported={
+}, required=("issuer",), checks=(_check_jwt_rule,),
+    # Istio's CRD: only one of jwks or jwksUri can be set. Ambit read `jwks` and dropped the URI
+    # (and `jwksUri` over `jwks_uri`) without a word.
+    one_of=(("jwksUri", "jwks_uri", "jwks"),), unsupported={
     "presence": "presence is not supported by Ambit yet: tokens are optional (a missing token passes); require "
                 'one with an AuthorizationPolicy, e.g. ALLOW from requestPrincipals: ["*"]',
 })
@@ -290,6 +294,6 @@ JwtRule = Obj({
 RequestAuthenticationSpec = Obj({
     "selector": WorkloadSelector,
     "targetRef": PolicyTargetReference,
-    "targetRefs": Arr(PolicyTargetReference),
-    "jwtRules": Arr(JwtRule),
+    "targetRefs": PolicyTargetReferences,
+    "jwtRules": Arr(JwtRule, max_items=4096),
 }, one_of=(("selector", "targetRef", "targetRefs"),))

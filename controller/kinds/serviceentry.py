@@ -69,7 +69,7 @@ ServicePort = Obj({
     "number": Port,
     "protocol": Str(valid=_check_protocol, description="Istio port protocol (any case); HTTP, HTTP2 and GRPC "
                                                        "ports are routed by host at a waypoint."),
-    "name": Str(min_len=1),
+    "name": Str(min_len=1, max_len=256),
     "targetPort": Port,
 }, required=("number", "name"))
 
@@ -88,10 +88,10 @@ def _check_locality(text: str) -> str | None:
 
 WorkloadEntryEndpoint = Obj({
     "address": Str(valid=_check_endpoint_address),
-    "ports": Map(Port),
-    "labels": Labels,
+    "ports": Map(Port, max_entries=128),
+    "labels": Map(Labels.values, key=Labels.key, max_entries=256),
     "weight": Int(minimum=0, maximum=2**32 - 1),
-    "locality": Str(valid=_check_locality, description="region[/zone[/subzone]]: where the endpoint runs, for "
+    "locality": Str(valid=_check_locality, max_len=2048, description="region[/zone[/subzone]]: where the endpoint runs, for "
                                                        "traffic distribution and locality load balancing"),
 }, unsupported={
     "network": "network is not supported by Ambit: the mesh is one network",
@@ -121,7 +121,7 @@ def _check_selector_value(text: str) -> str | None:
 
 
 EntryWorkloadSelector = Obj({
-    "labels": Map(Str(valid=_check_selector_value), key=_check_selector_key,
+    "labels": Map(Str(valid=_check_selector_value), key=_check_selector_key, max_entries=256,
                   description="The labels a pod of the entry's namespace must all carry to be one of its "
                               "endpoints; none selects no pod."),
 }, description="Pods of the ServiceEntry's namespace that are its endpoints (Istio's networking WorkloadSelector).")
@@ -176,13 +176,15 @@ def _check_service_entry(value: dict[str, Any], path: str, errs: Errors) -> None
         seen.setdefault(n, i)
 
 
+# The list bounds are Istio's CRD's (its CEL cost limits): beyond them Istio's API server refuses the
+# object, so an entry `ambit apply` accepted would not apply on an Istio cluster.
 ServiceEntrySpec = Obj({
-    "hosts": Arr(Str(min_len=1, valid=_check_host), min_items=1),
-    "addresses": Arr(Cidr),
-    "ports": Arr(ServicePort),
+    "hosts": Arr(Str(min_len=1, valid=_check_host), min_items=1, max_items=256),
+    "addresses": Arr(Cidr, max_items=256),
+    "ports": Arr(ServicePort, max_items=256),
     "location": Str(enum=LOCATIONS),
     "resolution": Str(enum=RESOLUTIONS),
-    "endpoints": Arr(WorkloadEntryEndpoint),
+    "endpoints": Arr(WorkloadEntryEndpoint, max_items=4096),
     "exportTo": Strings,
     "workloadSelector": EntryWorkloadSelector,
 }, required=("hosts",), checks=(_check_service_entry,), unsupported={

@@ -10,6 +10,7 @@ from controller.kinds.common import (
     Duration,
     Percentage,
     PolicyTargetReference,
+    PolicyTargetReferences,
     WorkloadSelector,
     header_name_reason,
 )
@@ -29,7 +30,8 @@ ProviderRef = Obj({"name": Str(min_len=1)}, required=("name",))
 WorkloadMode = Str(enum=("CLIENT_AND_SERVER", "CLIENT", "SERVER"))
 
 CustomTag = Obj({
-    "literal": Obj({"value": Str()}, required=("value",)),
+    # Istio's CRD: minLength 1 (a tag with no value says nothing; an empty one was sent as written)
+    "literal": Obj({"value": Str(min_len=1)}, required=("value",)),
     "environment": Obj({"name": Str(min_len=1), "defaultValue": Str()}, required=("name",)),
     "header": Obj({"name": Str(min_len=1, valid=header_name_reason), "defaultValue": Str()}, required=("name",)),
 }, one_of=(("literal", "environment", "header"),), exactly_one=True, unsupported={
@@ -55,7 +57,10 @@ METRICS = ("ALL_METRICS", "REQUEST_COUNT", "REQUEST_DURATION", "REQUEST_SIZE", "
 
 def _check_tag(value: Any, path: str, errs: Errors) -> None:
     """An UPSERT's value must be an expression Ambit evaluates (ambit.telemetryfilter.compile_value):
-    refused at apply time rather than reported as "unknown" on every series."""
+    refused at apply time rather than reported as "unknown" on every series. A REMOVE takes no value
+    (Istio's CRD rule): one written there was ignored without a word."""
+    if isinstance(value, dict) and value.get("operation") == "REMOVE" and value.get("value") is not None:
+        errs.append((join(path, "value"), "value must not be set when operation is REMOVE"))
     if not isinstance(value, dict) or (value.get("operation") or "UPSERT") != "UPSERT":
         return
     expr = value.get("value")
@@ -96,7 +101,7 @@ AccessLogging = Obj({
 TelemetrySpec = Obj({
     "selector": WorkloadSelector,
     "targetRef": PolicyTargetReference,
-    "targetRefs": Arr(PolicyTargetReference),
+    "targetRefs": PolicyTargetReferences,
     "tracing": Arr(Tracing),
     "metrics": Arr(Metrics),
     "accessLogging": Arr(AccessLogging),
