@@ -22,23 +22,16 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from controller.kinds.gwtypes import DNS as _DNS
+from controller.kinds.gwtypes import GROUP as _GROUP
+from controller.kinds.gwtypes import KIND as _KIND
+from controller.kinds.gwtypes import WILD_DNS as _WILD_DNS
+from controller.kinds.gwtypes import matching as _matching
 from controller.kinds.schema import Arr, Errors, Map, Obj, Str, join
 
-_DNS = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-_WILD_DNS = re.compile(r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-_GROUP = re.compile(r"^$|^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-_KIND = re.compile(r"^[a-zA-Z]([-a-zA-Z0-9]*[a-zA-Z0-9])?$")
 _URI = re.compile(r"^(([^:/?#]+):)(//([^/?#]*))([^?#]*)(\?([^#]*))?(#(.*))?")
 _WELL_KNOWN = re.compile(r"^(System|([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/"
                          r"([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9]))$")
-
-
-def _matching(rx: re.Pattern[str], what: str, max_len: int = 253) -> Any:
-    def valid(v: str) -> str | None:
-        if len(v) > max_len:
-            return f"must be at most {max_len} characters, got {len(v)}"
-        return None if rx.match(v) else f"must be {what}, got {v!r}"
-    return valid
 
 
 _group = Str(valid=_matching(_GROUP, "an API group (lower-case DNS name, or empty for the core group)"),
@@ -122,7 +115,7 @@ BackendTLSPolicyValidation = Obj({
     "wellKnownCACertificates": Str(min_len=1, valid=_matching(_WELL_KNOWN, "System or a domain-prefixed name"),
                                    pattern=_WELL_KNOWN.pattern),
     "hostname": Str(min_len=1, valid=_matching(_DNS, "a DNS name (no wildcard, no IP address)"), pattern=_DNS.pattern),
-    "subjectAltNames": Arr(SubjectAltName),
+    "subjectAltNames": Arr(SubjectAltName, max_items=5),     # the CRD's maxItems
 }, required=("hostname",), checks=(
     lambda v, p, e: _max_items(8)(v.get("caCertificateRefs"), join(p, "caCertificateRefs"), e),
     _check_validation))

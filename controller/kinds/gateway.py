@@ -19,10 +19,23 @@ from controller.kinds.common import (
     header_name_reason,
     header_ops_checks,
     header_value_reason,
+    label_key_reason,
     parse_duration,
     request_path_reason,
 )
 from controller.kinds.cors import HTTPCORSFilter
+from controller.kinds.gwtypes import (
+    WILD_DNS,
+    AddressType,
+    ControllerName,
+    Group,
+    Hostname,
+    Kind,
+    Namespace,
+    ObjectName,
+    SectionName,
+    SniHostname,
+)
 from controller.kinds.schema import Arr, Check, Errors, Int, Map, Obj, Str, join
 
 INGRESS_PROTOCOLS = ("HTTP", "HTTPS", "TLS", "TCP")
@@ -344,30 +357,33 @@ LabelSelector = Obj({
                                  "values": Strings}, required=("key", "operator"))),
 })
 
+# The Gateway's own fields take Gateway API's typed strings and list bounds (controller/kinds/gwtypes.py):
+# without an API server (the lab, `ambit apply`) nothing else checks them.
 ListenerTLS = Obj({
     "mode": Str(enum=("Terminate", "Passthrough")),
-    "certificateRefs": Arr(Obj({"group": Str(), "kind": Str(), "name": Str(min_len=1), "namespace": Str()},
-                               required=("name",))),
-    "options": Map(Str()),
+    "certificateRefs": Arr(Obj({"group": Group, "kind": Kind, "name": ObjectName, "namespace": Namespace},
+                               required=("name",)), max_items=64),
+    "options": Map(Str(max_len=4096), max_entries=16),
 }, unsupported={"frontendValidation": "listener-level client certificate validation (frontendValidation, an "
                                       "earlier experimental field) is not supported by Ambit: use the Gateway's "
                                       "spec.tls.frontend (default, or perPort for this listener's port)"})
 
 Listener = Obj({
-    "name": Str(min_len=1),
-    "hostname": Str(),
+    "name": SectionName,
+    "hostname": Hostname,
     "port": Port,
     "protocol": Str(min_len=1),
     "tls": ListenerTLS,
     "allowedRoutes": Obj({
         "namespaces": Obj({"from": Str(enum=("All", "Same", "Selector")), "selector": LabelSelector}),
-        "kinds": Arr(Obj({"group": Str(), "kind": Str(min_len=1)}, required=("kind",))),
+        "kinds": Arr(Obj({"group": Group, "kind": Kind}, required=("kind",)), max_items=8),
     }),
 }, required=("name", "port", "protocol"))
 
 
 def _check_gateway(value: dict[str, Any], path: str, errs: Errors) -> None:
     _check_gateway_tls(value, path, errs)
+    _check_addresses(value.get("addresses") or [], join(path, "addresses"), errs)
     names: set[str] = set()
     for i, listener in enumerate(value.get("listeners") or []):
         p = f"{join(path, 'listeners')}[{i}]"
@@ -385,6 +401,21 @@ def _check_gateway(value: dict[str, Any], path: str, errs: Errors) -> None:
         errs.append((join(path, "addresses"), "requested addresses are not supported by Ambit's waypoints: a "
                                               "waypoint's address is its Service's cluster IP, which Kubernetes "
                                               "assigns"))
+
+
+def _check_addresses(addresses: list[dict[str, Any]], path: str, errs: Errors) -> None:
+    """Gateway API's CEL rules on `addresses`: a Hostname's value is a DNS name, and no IPAddress or
+    Hostname value twice. (Ambit's own classes refuse addresses; another class's Gateway is checked as
+    its CRD would be.)"""
+    seen: set[tuple[str, str]] = set()
+    for i, a in enumerate(addresses):
+        kind, v = a.get("type", "IPAddress"), a["value"]
+        if kind == "Hostname" and not WILD_DNS.match(v):
+            errs.append((f"{path}[{i}]", "Hostname value must be empty or contain only valid characters (matching "
+                                         f"{WILD_DNS.pattern}), got {v!r}"))
+        if kind in ("IPAddress", "Hostname") and (kind, v) in seen:
+            errs.append((path, f"{kind} values must be unique, got {v!r} twice"))
+        seen.add((kind, v))
 
 
 # A waypoint listener's fields that have no meaning for it, refused rather than accepted and ignored.
@@ -483,10 +514,10 @@ def _check_frontend_validation(value: dict[str, Any], path: str, errs: Errors) -
                                          "validation"))
 
 
-CACertificateRef = Obj({"group": Str(), "kind": Str(min_len=1), "name": Str(min_len=1), "namespace": Str()},
+CACertificateRef = Obj({"group": Group, "kind": Kind, "name": ObjectName, "namespace": Namespace},
                        required=("kind", "name"))
 FrontendValidation = Obj({
-    "caCertificateRefs": Arr(CACertificateRef, min_items=1),
+    "caCertificateRefs": Arr(CACertificateRef, min_items=1, max_items=16),
     "mode": Str(enum=("AllowValidOnly", "AllowInsecureFallback")),
 }, required=("caCertificateRefs",), checks=(_check_frontend_validation,))
 FrontendTLSConfig = Obj({"validation": FrontendValidation})
@@ -494,7 +525,7 @@ FrontendTLSConfig = Obj({"validation": FrontendValidation})
 GatewayTLS = Obj({
     "frontend": Obj({
         "default": FrontendTLSConfig,
-        "perPort": Arr(Obj({"port": Port, "tls": FrontendTLSConfig}, required=("port", "tls"))),
+        "perPort": Arr(Obj({"port": Port, "tls": FrontendTLSConfig}, required=("port", "tls")), max_items=64),
     }),
 }, unsupported={
     "backend": "spec.tls.backend (the gateway's client certificate towards backends) is not supported by Ambit: "
@@ -532,16 +563,18 @@ def _check_gateway_tls(value: dict[str, Any], path: str, errs: Errors) -> None:
 
 
 GatewaySpec = Obj({
-    "gatewayClassName": Str(min_len=1),
+    "gatewayClassName": ObjectName,
     "tls": GatewayTLS,
-    "listeners": Arr(Listener, min_items=1),
+    "listeners": Arr(Listener, min_items=1, max_items=64),
     "allowedListeners": AllowedListeners,
-    "addresses": Arr(Obj({"type": Str(), "value": Str(min_len=1)}, required=("value",))),
+    "addresses": Arr(Obj({"type": AddressType, "value": Str(min_len=1, max_len=253)}, required=("value",)),
+                     max_items=16),
     # parametersRef: a ConfigMap of overlays of the rendered objects (controller/waypoints/params.py);
     # another kind, or a bad ConfigMap, is reported on the Gateway's status (InvalidParameters), as
     # Gateway API and Istio do, not refused here: the Gateway's listeners and routes still apply.
-    "infrastructure": Obj({"labels": Labels, "annotations": Map(Str()),
-                           "parametersRef": Obj({"group": Str(), "kind": Str(min_len=1), "name": Str(min_len=1)},
+    "infrastructure": Obj({"labels": Map(Labels.values, key=Labels.key, max_entries=8),
+                           "annotations": Map(Str(max_len=4096), key=label_key_reason, max_entries=16),
+                           "parametersRef": Obj({"group": Group, "kind": Kind, "name": ObjectName},
                                                 required=("group", "kind", "name"))}),
 }, required=("gatewayClassName", "listeners"), checks=(_check_gateway,))
 
@@ -559,12 +592,19 @@ def _check_l4_route(value: dict[str, Any], path: str, errs: Errors) -> None:
                                           "route matches (there are no matches to tell rules apart)"))
 
 
-L4BackendRef = BackendObjectRef.extend({"weight": Int(minimum=0, maximum=1000000)}, checks=(_check_backend,))
-L4RouteRule = Obj({"name": Str(), "backendRefs": Arr(L4BackendRef, min_items=1)}, required=("backendRefs",))
-TLSRouteSpec = Obj({"parentRefs": Arr(ParentReference), "hostnames": Arr(Str(min_len=1)),
+# TLSRoute's and TCPRoute's references take Gateway API's typed strings and bounds (gwtypes.py).
+# (HTTPRoute's and GRPCRoute's share ParentReference and BackendObjectRef, untyped: not changed here.)
+L4ParentReference = ParentReference.extend({"group": Group, "kind": Kind, "namespace": Namespace,
+                                            "name": ObjectName, "sectionName": SectionName})
+L4BackendRef = BackendObjectRef.extend({"group": Group, "kind": Kind, "name": ObjectName, "namespace": Namespace,
+                                        "weight": Int(minimum=0, maximum=1000000)}, checks=(_check_backend,))
+L4RouteRule = Obj({"name": SectionName, "backendRefs": Arr(L4BackendRef, min_items=1, max_items=16)},
+                  required=("backendRefs",))
+TLSRouteSpec = Obj({"parentRefs": Arr(L4ParentReference, max_items=32),
+                    "hostnames": Arr(SniHostname, min_items=1, max_items=1024),
                     "rules": Arr(L4RouteRule, min_items=1)},
                    required=("rules",), checks=(_check_l4_route,))
-TCPRouteSpec = Obj({"parentRefs": Arr(ParentReference), "rules": Arr(L4RouteRule, min_items=1)},
+TCPRouteSpec = Obj({"parentRefs": Arr(L4ParentReference, max_items=32), "rules": Arr(L4RouteRule, min_items=1)},
                    required=("rules",), checks=(_check_l4_route,))
 
 # ReferenceGrant (v1, v1beta1): lets objects of `from` (group, kind, namespace) refer to objects of
@@ -572,9 +612,10 @@ TCPRouteSpec = Obj({"parentRefs": Arr(ParentReference), "rules": Arr(L4RouteRule
 # ingress route's cross-namespace backendRefs and an ingress Gateway's cross-namespace
 # certificateRefs (controller/translate/ingress.py).
 ReferenceGrantSpec = Obj({
-    "from": Arr(Obj({"group": Str(), "kind": Str(min_len=1), "namespace": Str(min_len=1)},
-                    required=("group", "kind", "namespace")), min_items=1),
-    "to": Arr(Obj({"group": Str(), "kind": Str(min_len=1), "name": Str()}, required=("group", "kind")), min_items=1),
+    "from": Arr(Obj({"group": Group, "kind": Kind, "namespace": Namespace},
+                    required=("group", "kind", "namespace")), min_items=1, max_items=16),
+    "to": Arr(Obj({"group": Group, "kind": Kind, "name": ObjectName}, required=("group", "kind")),
+              min_items=1, max_items=16),
 }, required=("from", "to"))
 
 # A GatewayClass (cluster-scoped). Ambit creates its built-in classes and writes their status
@@ -582,8 +623,8 @@ ReferenceGrantSpec = Obj({
 # names. `parametersRef` is accepted and not read, as in Istio (an advisory names it): a class's
 # defaults are a ConfigMap in the root namespace labelled gateway.istio.io/defaults-for-class.
 GatewayClassSpec = Obj({
-    "controllerName": Str(min_len=1),
-    "description": Str(),
-    "parametersRef": Obj({"group": Str(), "kind": Str(min_len=1), "name": Str(min_len=1),
-                          "namespace": Str()}, required=("group", "kind", "name")),
+    "controllerName": ControllerName,
+    "description": Str(max_len=64),
+    "parametersRef": Obj({"group": Group, "kind": Kind, "name": ObjectName,
+                          "namespace": Namespace}, required=("group", "kind", "name")),
 }, required=("controllerName",))
