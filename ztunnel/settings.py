@@ -118,6 +118,16 @@ class ZtunnelSettings:
     def ca_target(self) -> str | None:
         return self.ca or self.controller
 
+    @property
+    def nofile_needed(self) -> tuple[int, str]:
+        """Descriptors one pod at its connection bound takes in one process (ambit/dataplane/process.py
+        warns at start when the hard limit is below them plus a spare): one per captured or
+        delivered connection (the HBONE connections carrying them, 1 per 100 tunnels, and the process's
+        own files are the spare). Each process counts alone, so workers do not add up."""
+        lim = self.limits
+        per_pod = max(lim.max_outbound_per_pod, lim.max_inbound_per_pod)
+        return per_pod, "one pod at --max-outbound-per-pod/--max-inbound-per-pod"
+
 
 def load(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> ZtunnelSettings:
     return settings.load(ZtunnelSettings, argv, environ, prog="ztunnel", env_prefix="AMBIT_ZTUNNEL")

@@ -33,17 +33,30 @@ def run(prog: str, load: Callable[[Sequence[str] | None], S], amain: Callable[[S
                         format=LOG_FORMAT)
     # Before any listener: a container's soft limit of 1,024 would cap the connection bounds (ambit/rlimits.py).
     soft, _ = rlimits.raise_nofile()
-    needed = NOFILE_PER_CONNECTION * int(getattr(settings, "max_connections", 0) or 0) + NOFILE_SPARE
+    needed, bound = nofile_needed(settings)
     if rlimits.short_of(needed) is not None:
         logging.getLogger("ambit.process").warning(
-            "%s: the descriptor limit is %d, below the %d that --max-connections may need: accept() fails "
-            "with EMFILE before the bound; raise the container's nofile limit", prog, soft, needed)
+            "%s: the descriptor limit is %d, below the %d that %s may need: accept() fails "
+            "with EMFILE before the bound; raise the container's nofile limit", prog, soft, needed, bound)
     try:
         import uvloop
         uvloop.install()
     except ImportError:
         pass
     run_bounded(amain(settings))
+
+
+def nofile_needed(settings: Any) -> tuple[int, str]:
+    """The descriptors the process's own connection bounds may need, and the flags that set them.
+    Settings that bound their connections otherwise than by `--max-connections` (the waypoint's)
+    say so with a `nofile_needed` property. ztunnel has no `--max-connections`, so it never warned:
+    under a hard limit of a few thousand, one pod's 16,384-connection bounds end in EMFILE unannounced
+    (found with the full-size soak, whose tunnels need one descriptor each: docs/performance.md)."""
+    own = getattr(settings, "nofile_needed", None)
+    if own is not None:
+        count, bound = own
+        return int(count) + NOFILE_SPARE, str(bound)
+    return NOFILE_PER_CONNECTION * int(getattr(settings, "max_connections", 0) or 0) + NOFILE_SPARE, "--max-connections"
 
 
 def run_bounded(main: Awaitable[Any]) -> None:

@@ -29,6 +29,7 @@ import h2.events
 import h2.exceptions
 import h2.settings
 
+from ambit import rlimits
 from ambit.dataplane import tls
 from ambit.dataplane.hbone import frames as f
 from ambit.dataplane.identity import WorkloadCertificate
@@ -390,13 +391,36 @@ def slow_senders(a: argparse.Namespace) -> None:
 
 def hold(a: argparse.Namespace) -> None:
     """Open `--n` connections to `--target` (a TCP echo), verify a unique payload on each, hold them
-    all open `--hold` s, verify again, close. Counts resets and mismatches."""
+    all open `--hold` s (and then until `--until-file` exists, if given: the caller decides how long
+    they sit idle and measures meanwhile), verify again, close. Counts resets and mismatches.
+    `--probe K`: K new connections, one after another, before the `--n` are opened and again while
+    they are held (after the idle period), each timed from connect() to its echo: what a new
+    connection costs beside thousands held (`probe_before_ms`, `probe_held_ms`, milliseconds)."""
     host, _, port = a.target.rpartition(":")
+
+    async def probe(tag: str, stats: collections.Counter) -> list[float]:
+        ms = []
+        for i in range(a.probe):
+            payload = f"probe-{tag}-{i}:".encode() + os.urandom(8).hex().encode()
+            t0 = time.perf_counter()
+            try:
+                r, w = await asyncio.wait_for(asyncio.open_connection(host, int(port)), 30)
+                w.write(payload)
+                got = await asyncio.wait_for(r.readexactly(len(payload)), 30)
+            except (OSError, asyncio.IncompleteReadError, TimeoutError) as e:
+                stats[f"probe_error:{type(e).__name__}"] += 1
+                continue
+            ms.append(round((time.perf_counter() - t0) * 1000, 2))
+            if got != payload:
+                stats["probe_mismatch"] += 1
+            w.close()
+        return ms
 
     async def main() -> dict[str, Any]:
         sem = asyncio.Semaphore(a.parallel)
         stats = collections.Counter()
         conns: list[tuple[asyncio.StreamReader, asyncio.StreamWriter, bytes]] = []
+        before = await probe("before", stats)
 
         async def one(i: int) -> None:
             async with sem:
@@ -420,6 +444,9 @@ def hold(a: argparse.Namespace) -> None:
         stats["held"] = len(conns)
         print(json.dumps({"phase": "held", "held": len(conns)}), flush=True)
         await asyncio.sleep(a.hold)
+        while a.until_file and not os.path.exists(a.until_file):
+            await asyncio.sleep(0.1)
+        held = await probe("held", stats)
 
         async def again(r: asyncio.StreamReader, w: asyncio.StreamWriter, payload: bytes) -> None:
             async with sem:
@@ -434,7 +461,7 @@ def hold(a: argparse.Namespace) -> None:
                 finally:
                     w.close()
         await asyncio.gather(*(again(*c) for c in conns))
-        return dict(stats)
+        return {**stats, "probe_before_ms": before, "probe_held_ms": held}
     out(**asyncio.run(main()))
 
 
@@ -471,8 +498,12 @@ def main(argv: list[str] | None = None) -> None:
     add("slow-senders", slow_senders, ("--target", {"required": True}), ("--n", {"type": int, "default": 5}),
         ("--duration", {"type": float, "default": 20}))
     add("hold", hold, ("--target", {"required": True}), ("--n", {"type": int, "default": 10_000}),
-        ("--hold", {"type": float, "default": 5}), ("--parallel", {"type": int, "default": 500}))
+        ("--hold", {"type": float, "default": 5}), ("--parallel", {"type": int, "default": 500}),
+        ("--until-file", {"default": None}), ("--probe", {"type": int, "default": 0}))
     a = ap.parse_args(argv)
+    # `hold` and `echo-server` each keep thousands of sockets; a shell's soft limit of 1,024 (below a
+    # far higher hard one) stopped them at 1,000, as it would any process that does not raise it.
+    rlimits.raise_nofile()
     a.fn(a)
 
 

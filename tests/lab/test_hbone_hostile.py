@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import json
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -27,6 +29,9 @@ from typing import Any
 import pytest
 
 from ambit.dataplane import endpoint
+from ambit.dataplane.hbone import limits
+from ambit.dataplane.hbone.client import HBONEClientPool
+from ambit.dataplane.hbone.liveness import Liveness
 from ambit.dataplane.identity import GrpcCertificateFetcher, make_key_and_csr
 from ambitctl.lab.components import ZTUNNEL_ARGS_ENV
 from tests.lab.conftest import MESH_SPEC
@@ -347,27 +352,76 @@ def test_five_stalled_receivers_do_not_starve_a_bulk_flow_on_the_same_connection
 
 # 10,000 in a soak run (AMBIT_SOAK=full, `make soak`); the bounded default still holds thousands at once.
 CONCURRENT = soak.scale(bounded=2_500, full=10_000)
+# How long they sit idle. At full size, longer than a liveness cycle (ambit/dataplane/hbone/liveness.py,
+# Istio's defaults: a connection silent for an interval is PINGed, and dropped if the PING goes unanswered
+# for the timeout): idle tunnels are what a platform's connection pools hold, and they must outlive it.
+LIVENESS = Liveness()
+IDLE = soak.scale(bounded=5, full=int(2 * LIVENESS.interval + LIVENESS.timeout) + 10)
+PROBES = soak.scale(bounded=5, full=20)     # new connections timed beside the held ones (printed, not asserted)
+# How long ztunnel's client pool keeps a connection without tunnels (its default; ztunnel sets none).
+POOL_IDLE: float = inspect.signature(HBONEClientPool).parameters["idle_timeout"].default
+
+
+def proc_usage(pid: int) -> tuple[int, float]:
+    """(RSS in KiB, CPU seconds, user + system) of a process, from /proc."""
+    rss = int(Path(f"/proc/{pid}/status").read_text().split("VmRSS:")[1].split()[0])
+    stat = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return rss, (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @pytest.mark.soak
-def test_thousands_of_concurrent_connections_through_the_mesh(hlab: Lab) -> None:
-    server = ip(hlab, "demo/iperf")
-    pids = [hlab.proc_pid(f"ztunnel/{n}") for n in ("node1", "node2")]
-    for pid in pids:
+def test_thousands_of_concurrent_connections_through_the_mesh(hlab: Lab, tmp_path: Path) -> None:
+    """Thousands of tunnels from one pod at once, held idle, then all still carrying data; what each
+    ztunnel costs meanwhile is printed (docs/performance.md, "The full-size soak")."""
+    client, server = ip(hlab, "demo/client"), ip(hlab, "demo/iperf")
+    pids = {n: hlab.proc_pid(f"ztunnel/{n}") for n in ("node1", "node2")}
+    for pid in pids.values():
         soft = int(Path(f"/proc/{pid}/limits").read_text().split("Max open files")[1].split()[0])
         if soft < CONCURRENT + 1000:     # each ztunnel holds one socket per tunnel, plus its own
             pytest.skip(f"ztunnel RLIMIT_NOFILE {soft} is too low for {CONCURRENT} tunnels (run with ulimit -n 30000)")
+    # The client and the echo server inherit this process's limits and raise their soft one to the hard one.
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard != resource.RLIM_INFINITY and hard < CONCURRENT + 1000:
+        pytest.skip(f"hard RLIMIT_NOFILE {hard} is too low for {CONCURRENT} tunnels (run with ulimit -Hn 30000)")
+    fds_before = {n: ztunnel_fds(hlab, n) for n in pids}
+    rss_before = {n: proc_usage(pid)[0] for n, pid in pids.items()}
+    idle_over = tmp_path / "idle-over"
     with background(hlab, "demo/iperf", "echo-server", "--port", "700") as echo:
         assert echo.line() == "ready"
         with background(hlab, "demo/client", "hold", "--target", f"{server}:700", "--n", str(CONCURRENT),
-                        "--hold", "5", "--parallel", "400") as h:
+                        "--hold", "0", "--until-file", str(idle_over), "--probe", str(PROBES),
+                        "--parallel", "400") as h:
             held = json.loads(h.line(timeout=600))
             assert held["held"] == CONCURRENT, held
             assert app_conns(hlab, "demo/iperf", 700) == CONCURRENT    # all of them at once, app side
+            start, t0 = {n: proc_usage(pid) for n, pid in pids.items()}, time.monotonic()
+            time.sleep(IDLE)
+            end, t1 = {n: proc_usage(pid) for n, pid in pids.items()}, time.monotonic()
+            entry = pool_entry(hlab, client, server)
+            fds_held = {n: ztunnel_fds(hlab, n) for n in pids}
+            idle_over.touch()
             res = h.result(timeout=600)
-    print(f"{CONCURRENT} concurrent connections: {res}")
+    figures = {n: {"rss_mb_before": round(rss_before[n] / 1024, 1), "rss_mb_idle": round(end[n][0] / 1024, 1),
+                   "cpu_pct_idle": round(100 * (end[n][1] - start[n][1]) / (t1 - t0), 1),
+                   "fds_before": fds_before[n], "fds_held": fds_held[n]} for n in pids}
+    print(f"{CONCURRENT} concurrent connections, idle {t1 - t0:.0f} s: {res}; pool {entry}; ztunnels {figures}")
     assert res.get("verified") == CONCURRENT and res.get("reverified") == CONCURRENT, res
     assert not res.get("resets") and not res.get("mismatch"), res
+    # Every one was a tunnel in node1's HBONE pool, on at least one HBONE connection per 100 (the stream limit).
+    assert entry.get("streams") == CONCURRENT, entry
+    assert entry.get("connections", 0) >= CONCURRENT / limits.MAX_CONCURRENT_STREAMS, entry
+    # A new connection still works beside them, before and after their idle period.
+    assert len(res["probe_before_ms"]) == len(res["probe_held_ms"]) == PROBES, res
+    assert not any(k.startswith("probe_") and not k.endswith("_ms") for k in res), res
+    # Closed, they leave nothing behind but the pooled HBONE connections (idle ones close after 60 s)...
+    for n in pids:
+        hlab.wait_for(lambda n=n: ztunnel_fds(hlab, n) <= fds_before[n] + entry["connections"] + 2, timeout=60,
+                      interval=0.5, what=f"ztunnel/{n} fds back to {fds_before[n]} + the pool")
+    if soak.is_full():      # ...and then not those either (a minute's wait: not in the bounded run)
+        for n in pids:
+            hlab.wait_for(lambda n=n: ztunnel_fds(hlab, n) <= fds_before[n] + 2, timeout=POOL_IDLE + 60,
+                          interval=1, what=f"ztunnel/{n} fds back to {fds_before[n]} once the pool is idle")
+    print(f"ztunnel RSS MB after: { {n: round(proc_usage(pid)[0] / 1024, 1) for n, pid in pids.items()} }")
 
 
 # --- backlog ------------------------------------------------------------------------------------------------

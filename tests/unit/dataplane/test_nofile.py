@@ -60,3 +60,38 @@ def test_the_waypoint_raises_a_runtimes_soft_descriptor_limit_to_the_hard_one() 
         except subprocess.TimeoutExpired:
             p.kill()
             p.wait()
+
+
+# ztunnel's process edge with nothing behind it: the warning comes from `process.run`, before any listener.
+ZTUNNEL_EDGE = """
+import sys
+from ambit.dataplane import process
+from ztunnel.settings import load
+
+async def nothing(settings):
+    pass
+
+process.run("ztunnel", load, nothing, sys.argv[1:])
+"""
+
+
+def _ztunnel_start_log(hard: int, *flags: str) -> str:
+    argv = [sys.executable, "-c", ZTUNNEL_EDGE, "--node", "n1", "--zds-socket", "/nonexistent/zds.sock", *flags]
+    p = subprocess.run(with_rlimit(argv, "RLIMIT_NOFILE", min(1024, hard), hard), cwd=REPO, capture_output=True,
+                       text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    return p.stderr
+
+
+def test_ztunnel_warns_when_the_hard_descriptor_limit_is_below_one_pods_connection_bounds() -> None:
+    """ztunnel has no --max-connections, so it never warned: under a hard limit of 4,096 a pod at its
+    default bounds (16,384 connections each way, one descriptor each) meets EMFILE unannounced."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 4096:
+        pytest.skip(f"the hard descriptor limit here is {hard}: cannot start a child at 4,096")
+    log = _ztunnel_start_log(4096)
+    assert "ztunnel: the descriptor limit is 4096, below the 17408 that one pod at --max-outbound-per-pod/" \
+           "--max-inbound-per-pod may need" in log, log
+    # Control: bounds that fit the limit, no warning.
+    log = _ztunnel_start_log(4096, "--max-outbound-per-pod", "2000", "--max-inbound-per-pod", "2000")
+    assert "descriptor limit" not in log, log
