@@ -3,6 +3,7 @@ Gateways, and TLSRoute/TCPRoute (ingress Gateways only: TLS passthrough by SNI, 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -317,6 +318,15 @@ HTTPRouteSpec = Obj({
 GRPCMethodMatch = Obj({"type": Str(enum=("Exact", "RegularExpression")), "service": Str(), "method": Str()})
 
 
+# GRPCMethodMatch's CEL rules for type Exact (gateway.networking.k8s.io_grpcroutes.yaml), with their
+# messages. The translation puts an Exact service and method into the route's `:path` match, a lone
+# method into a regex (`/[^/]+/<method>`): a method such as "(" made a regex RE2 refuses, and the
+# waypoint left the whole route out of its table, accepted and never applied.
+_GRPC_EXACT = {"service": (re.compile(r"\.?[a-z_][a-z_0-9]*(\.[a-z_][a-z_0-9]*)*", re.IGNORECASE),
+                           r"^(?i)\.?[a-z_][a-z_0-9]*(\.[a-z_][a-z_0-9]*)*$"),
+               "method": (re.compile(r"[A-Za-z_][A-Za-z_0-9]*"), r"^[A-Za-z_][A-Za-z_0-9]*$")}
+
+
 def _check_grpc_method(value: dict[str, Any], path: str, errs: Errors) -> None:
     if not value.get("service") and not value.get("method"):
         errs.append((path, "one of service or method must be set"))
@@ -324,6 +334,10 @@ def _check_grpc_method(value: dict[str, Any], path: str, errs: Errors) -> None:
         for f in ("service", "method"):
             if value.get(f):
                 Regex.check(value[f], join(path, f), errs)
+        return
+    for f, (pattern, shown) in _GRPC_EXACT.items():
+        if value.get(f) is not None and not pattern.fullmatch(value[f]):
+            errs.append((join(path, f), f"{f} must only contain valid characters (matching {shown})"))
 
 
 GRPCRouteRule = Obj({

@@ -195,6 +195,41 @@ def test_a_cors_filter_is_checked_as_gateway_apis_crd_checks_it(field: str, valu
     assert why in found[0][1], found
 
 
+GRPC_SERVICE_PATTERN = r"^(?i)\.?[a-z_][a-z_0-9]*(\.[a-z_][a-z_0-9]*)*$"
+GRPC_METHOD_PATTERN = r"^[A-Za-z_][A-Za-z_0-9]*$"
+
+
+@pytest.mark.parametrize("method, field, pattern", [
+    ({"method": "("}, "method", GRPC_METHOD_PATTERN),
+    ({"service": "pkg.Svc", "method": "Get.List"}, "method", GRPC_METHOD_PATTERN),
+    ({"type": "Exact", "method": "a b"}, "method", GRPC_METHOD_PATTERN),
+    ({"service": "pkg/Svc", "method": "Get"}, "service", GRPC_SERVICE_PATTERN),
+    ({"service": "pkg.Svc+"}, "service", GRPC_SERVICE_PATTERN),
+    ({"service": "", "method": "Get"}, "service", GRPC_SERVICE_PATTERN),
+])
+def test_a_grpc_exact_method_match_outside_gateway_apis_pattern_is_refused(method: dict[str, Any], field: str,
+                                                                         pattern: str) -> None:
+    """GRPCMethodMatch's CEL rules for type Exact (the default), with their messages. A lone method
+    becomes the regex `/[^/]+/<method>`: with `method: "("` RE2 refused it and the waypoint left
+    the route out of its table, accepted and never applied."""
+    r = route({"matches": [{"method": method}], "backendRefs": [BACKEND]}, kind="GRPCRoute")
+    assert errors(r) == [(f"spec.rules[0].matches[0].method.{field}",
+                          f"{field} must only contain valid characters (matching {pattern})")]
+
+
+@pytest.mark.parametrize("method", [
+    {"service": "pkg.Svc", "method": "Get"}, {"service": ".pkg.v1_x.Svc"}, {"method": "_Get2"},
+    {"type": "RegularExpression", "service": "pkg\\..*", "method": "Get|List"}, {"type": "RegularExpression", "method": "("},
+])
+def test_grpc_method_matches_gateway_api_accepts_are_accepted(method: dict[str, Any]) -> None:
+    r = route({"matches": [{"method": method}], "backendRefs": [BACKEND]}, kind="GRPCRoute")
+    found = errors(r)
+    if method.get("method") == "(":     # (a regex: checked as one, not by the Exact pattern)
+        assert [p for p, _ in found] == ["spec.rules[0].matches[0].method.method"], found
+    else:
+        assert found == []
+
+
 def test_a_grpcroute_has_no_cors_filter() -> None:
     found = errors(route({"filters": [{"type": "CORS", "cors": CORS_OK}], "backendRefs": [BACKEND]}, kind="GRPCRoute"))
     assert [p for p, _ in found] == ["spec.rules[0].filters[0].type"], found
