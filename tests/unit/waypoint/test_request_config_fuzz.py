@@ -21,6 +21,8 @@ port the waypoint's route table knows, the ingress gateway's listener ports and 
 paths, queries, headers and cookies from the seeds and from the mutated object's own strings, JWTs
 (signed by a key the fuzzer's own RequestAuthentication trusts, or not), CORS preflights, gRPC.
 
+What must hold before any request: every route of the accepted config is in each gateway's route
+table (one the table leaves out, for a regex RE2 refuses, was accepted and is not honoured).
 What must hold for every request (any status is fine):
 1. it gets a whole HTTP response (or, on h2, a reset stream) within `VIRTUAL_LIMIT` s of the
    virtual clock (more than any timeout the waypoint applies by default; unless it is still
@@ -1105,6 +1107,8 @@ def check(key: Key, obj: Any, *more: tuple[Key, Any], seed: int = 0, n: int = RE
     rng = random.Random(seed)
     words = [w for w in strings_of(obj) + [s for _, o in more for s in strings_of(o)] if 0 < len(w) < 300]
     for (ns, name, cls), cfg in configs.items():
+        left_out = [*cfg.view.table.errors, *(e for p in cfg.view.ingress.ports.values() for e in p.table.errors)]
+        assert not left_out, f"{ns}/{name}: accepted config, routes left out of the table: {left_out}"
         with config_fuzz.quiet("ambit.waypoint", "ambit.waypoint.access", "waypoint.http", "ambit.waypoint.config"):
             outcomes = drive(cfg, cls in INGRESS_CLASSES, rng, words, n)
         bad = [o for o in outcomes if o.problems]
