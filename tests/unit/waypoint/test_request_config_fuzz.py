@@ -36,7 +36,10 @@ What must hold for every request (any status is fine):
 Three budgets, as the other fuzz modules (tests/support/fuzzing.py): the unit suite (a few dozen
 examples), `-m fuzz` (`AMBIT_FUZZ_EXAMPLES`), and a long local run:
 `python -m tests.unit.waypoint.test_request_config_fuzz --cases 3000` (about 8 cases a second; every
-other case the next of a systematic sweep of the seeds' fields, `sweep`).
+other case the next of a systematic sweep of the seeds' fields, `sweep`). `--only HTTPRoute,GRPCRoute`
+(kinds, or `Kind/namespace/name`) restricts the sweep and the draws to those seeds; `--sweep-only`
+makes every case a sweep step and ends after one pass (`--sweep-size` counts it), `--shard I/N`
+splits that pass between N runs side by side, `--no-sweep` draws at random only.
 
 Found: text outside latin-1 in a VirtualService `rewrite.authority` (or an HTTPRoute URLRewrite's
 hostname or path) hung the request until the stream idle timeout, in a `redirect.authority` closed
@@ -1186,8 +1189,9 @@ def sweep_size(only: tuple[str, ...] = ()) -> int:
 
 
 def _long_cases(rng: random.Random, only: tuple[str, ...] = (), sweep_only: bool = False,
-                shard: tuple[int, int] = (0, 1)) -> Iterator[Case]:
-    """Every other case the next of `sweep` (`sweep_only`: every case, and one pass); else a seed
+                shard: tuple[int, int] = (0, 1), no_sweep: bool = False) -> Iterator[Case]:
+    """Every other case the next of `sweep` (`sweep_only`: every case, and one pass; `no_sweep`:
+    none, for random draws after a pass has been made); else a seed
     mutated (this module's and test_config_fuzz's rich ones most of the time), now and then with
     another mutated beside it; the unmutated seeds of this module beside. `only` restricts both to
     the seeds it names (`chosen`); `shard` (i, n) takes the sweep's cases i, i + n, ...: n runs
@@ -1200,7 +1204,7 @@ def _long_cases(rng: random.Random, only: tuple[str, ...] = (), sweep_only: bool
     if not any(pools):
         raise ValueError(f"--only {','.join(only)} names no seed")
     while True:
-        if sweep_only or rng.random() < 0.5:
+        if sweep_only or (not no_sweep and rng.random() < 0.5):
             case = next(swept, None)
             if case is None:
                 return
@@ -1220,8 +1224,8 @@ def _described(case: Case) -> str:
 
 
 def long_run(cases: int, seed: int, only: tuple[str, ...] = (), sweep_only: bool = False,
-             shard: tuple[int, int] = (0, 1)) -> int:
-    return fuzzing.long_run(cases, seed, lambda rng: _long_cases(rng, only, sweep_only, shard),
+             shard: tuple[int, int] = (0, 1), no_sweep: bool = False) -> int:
+    return fuzzing.long_run(cases, seed, lambda rng: _long_cases(rng, only, sweep_only, shard, no_sweep),
                             lambda case: check(case[0], case[1], *with_request_seeds(case[0], case[2]), seed=case[3]),
                             describe=_described, progress_every=100)
 
@@ -1238,6 +1242,7 @@ OPTIONS.add_argument("--only", type=lambda t: tuple(x for x in t.split(",") if x
                      help="mutate and sweep only these seeds: kinds (HTTPRoute,GRPCRoute) or Kind/namespace/name")
 OPTIONS.add_argument("--sweep-only", action="store_true",
                      help="every case from the sweep, which ends the run after one pass (--cases bounds it)")
+OPTIONS.add_argument("--no-sweep", action="store_true", help="random cases only (after a pass of the sweep)")
 OPTIONS.add_argument("--shard", type=_shard, default=(0, 1),
                      help="I/N: this run takes the sweep's cases I, I+N, ... (N runs share one pass)")
 OPTIONS.add_argument("--sweep-size", action="store_true", help="print how many cases one sweep pass has, and exit")
@@ -1250,5 +1255,5 @@ if __name__ == "__main__":
         sys.exit(0)
 
     def run(cases: int, seed: int) -> int:
-        return long_run(cases, seed, opts.only, opts.sweep_only, opts.shard)
+        return long_run(cases, seed, opts.only, opts.sweep_only, opts.shard, opts.no_sweep)
     sys.exit(fuzzing.main(run, cases=3000, argv=rest, parents=[OPTIONS]))
