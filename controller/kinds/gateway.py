@@ -3,6 +3,7 @@ Gateways, and TLSRoute/TCPRoute (ingress Gateways only: TLS passthrough by SNI, 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -51,12 +52,33 @@ ParentReference = Obj({
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH")
 
 
+# HTTPPathMatch's CEL rules for Exact and PathPrefix (gateway.networking.k8s.io_httproutes.yaml), with
+# their messages. The waypoint matches the request's path as it normalizes it (waypoint/normalize.py:
+# dot segments removed, escapes of unreserved characters decoded, others upper-cased, a fragment
+# refused, nothing else decoded), so a value with a dot segment, "%2f", "#", a space or text outside
+# ASCII could never match: the rule was accepted and never applied.
+_PATH_MATCH_FORBIDDEN = (("//", "contain"), ("/./", "contain"), ("/../", "contain"), ("%2f", "contain"),
+                         ("%2F", "contain"), ("#", "contain"), ("/..", "end with"), ("/.", "end with"))
+_PATH_MATCH_CHARS = re.compile(r"(?:[-A-Za-z0-9/._~!$&'()*+,;=:@]|[%][0-9a-fA-F]{2})+")
+PATH_MATCH_MAX = 1024
+
+
 def _check_path_match(value: dict[str, Any], path: str, errs: Errors) -> None:
     kind, v = value.get("type", "PathPrefix"), value.get("value", "/")
+    where = join(path, "value")
+    if len(v) > PATH_MATCH_MAX:
+        errs.append((where, f"must be at most {PATH_MATCH_MAX} characters, got {len(v)}"))
     if kind == "RegularExpression":
-        Regex.check(v, join(path, "value"), errs)
-    elif not v.startswith("/"):
-        errs.append((join(path, "value"), f'must start with "/", got "{v}"'))
+        Regex.check(v, where, errs)
+        return
+    if not v.startswith("/"):
+        errs.append((where, f'must start with "/", got "{v}"'))
+    for text, how in _PATH_MATCH_FORBIDDEN:
+        if v.endswith(text) if how == "end with" else text in v:
+            errs.append((where, f"must not {how} '{text}' when type one of ['Exact', 'PathPrefix']"))
+    if not _PATH_MATCH_CHARS.fullmatch(v):
+        errs.append((where, f"must only contain valid characters (matching {_PATH_MATCH_CHARS.pattern.join('^$')}) "
+                            "for types ['Exact', 'PathPrefix']"))
 
 
 def _check_regex_value(value: dict[str, Any], path: str, errs: Errors) -> None:
@@ -90,9 +112,44 @@ BackendObjectRef = Obj({"group": Str(), "kind": Str(), "name": Str(min_len=1), "
 
 # A rewritten or redirected path and host go into the request line, the Host header or the
 # Location header: control characters refused (with CR/LF, a route injected headers there).
+def _check_path_modifier(value: dict[str, Any], path: str, errs: Errors) -> None:
+    """HTTPPathModifier's CEL rules, with their messages: the replacement its `type` names must be
+    the one set. A ReplaceFullPath with only `replacePrefixMatch` rewrote or redirected nothing (the
+    translation reads the field its type names), the path written was silently not applied."""
+    kind = value.get("type")
+    for t, f in (("ReplaceFullPath", "replaceFullPath"), ("ReplacePrefixMatch", "replacePrefixMatch")):
+        if kind == t and value.get(f) is None:
+            errs.append((path, f"{f} must be specified when type is set to '{t}'"))
+        if value.get(f) is not None and kind != t:
+            errs.append((path, f"type must be '{t}' when {f} is set"))
+
+
 PathModifier = Obj({"type": Str(enum=("ReplaceFullPath", "ReplacePrefixMatch")),
                     "replaceFullPath": Str(valid=request_path_reason),
-                    "replacePrefixMatch": Str(valid=request_path_reason)}, required=("type",))
+                    "replacePrefixMatch": Str(valid=request_path_reason)}, required=("type",),
+                   checks=(_check_path_modifier,))
+
+
+_PRECISE_HOSTNAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+
+
+def precise_hostname_reason(text: str) -> str | None:
+    """Why `text` is not Gateway API's PreciseHostname (a redirect's or a rewrite's `hostname`: the
+    CRD's pattern, 1 to 253 characters), or None. The waypoint writes it as the Location's or the
+    upstream Host's host: a port in it ("a:80") took the place of the port the redirect derives,
+    "a@b" or "a/b" sent the client to host "b" or to path "/b" of host "a", a space made a Host no
+    server takes - what the route said was not what it did."""
+    control = header_value_reason(text)     # (CR/LF named as such: they injected headers)
+    if control:
+        return control
+    if not text:
+        return "must be a hostname, got an empty string"
+    if len(text) > 253:
+        return f"must be at most 253 characters, got {len(text)}"
+    if not _PRECISE_HOSTNAME.fullmatch(text):
+        return (f'must be a hostname (Gateway API PreciseHostname: lowercase letters, digits, "-" and "."; '
+                f'no port, no wildcard), got "{text}"')
+    return None
 
 FILTER_TYPES = ("RequestHeaderModifier", "ResponseHeaderModifier", "RequestMirror", "RequestRedirect",
                 "URLRewrite", "ExtensionRef", "CORS")
@@ -128,6 +185,13 @@ def _check_redirect_code(value: dict[str, Any], path: str, errs: Errors) -> None
                      + ", ".join(f'"{c}"' for c in REDIRECT_CODES)))
 
 
+def _check_fraction(value: dict[str, Any], path: str, errs: Errors) -> None:
+    """Fraction's CEL rule (a RequestMirror's share), with its message: 5/2 mirrored every request,
+    a share the API server refuses as no fraction."""
+    if value.get("numerator", 0) > value.get("denominator", 100):
+        errs.append((path, "numerator must be less than or equal to denominator"))
+
+
 def Filter(types: tuple[str, ...]) -> Obj:  # noqa: N802 - a schema constructor
     return Obj({
         "type": Str(enum=types),
@@ -135,13 +199,13 @@ def Filter(types: tuple[str, ...]) -> Obj:  # noqa: N802 - a schema constructor
         "responseHeaderModifier": ResponseHeaderFilter,
         "requestMirror": Obj({"backendRef": BackendObjectRef, "percent": Int(minimum=0, maximum=100),
                               "fraction": Obj({"numerator": Int(minimum=0), "denominator": Int(minimum=1)},
-                                              required=("numerator",))},
+                                              required=("numerator",), checks=(_check_fraction,))},
                              required=("backendRef",), one_of=(("percent", "fraction"),)),
-        "requestRedirect": Obj({"scheme": Str(enum=("http", "https")), "hostname": Str(valid=header_value_reason),
+        "requestRedirect": Obj({"scheme": Str(enum=("http", "https")), "hostname": Str(valid=precise_hostname_reason),
                                 "path": PathModifier,
                                 "port": Port, "statusCode": Int(minimum=301, maximum=308)},
                                checks=(_check_redirect_code,)),
-        "urlRewrite": Obj({"hostname": Str(valid=header_value_reason), "path": PathModifier}),
+        "urlRewrite": Obj({"hostname": Str(valid=precise_hostname_reason), "path": PathModifier}),
         "extensionRef": Obj({"group": Str(), "kind": Str(), "name": Str()}),
         "cors": HTTPCORSFilter,
     }, required=("type",), checks=(_check_filter,))
@@ -330,6 +394,15 @@ HTTPRouteSpec = Obj({
 GRPCMethodMatch = Obj({"type": Str(enum=("Exact", "RegularExpression")), "service": Str(), "method": Str()})
 
 
+# GRPCMethodMatch's CEL rules for type Exact (gateway.networking.k8s.io_grpcroutes.yaml), with their
+# messages. The translation puts an Exact service and method into the route's `:path` match, a lone
+# method into a regex (`/[^/]+/<method>`): a method such as "(" made a regex RE2 refuses, and the
+# waypoint left the whole route out of its table, accepted and never applied.
+_GRPC_EXACT = {"service": (re.compile(r"\.?[a-z_][a-z_0-9]*(\.[a-z_][a-z_0-9]*)*", re.IGNORECASE),
+                           r"^(?i)\.?[a-z_][a-z_0-9]*(\.[a-z_][a-z_0-9]*)*$"),
+               "method": (re.compile(r"[A-Za-z_][A-Za-z_0-9]*"), r"^[A-Za-z_][A-Za-z_0-9]*$")}
+
+
 def _check_grpc_method(value: dict[str, Any], path: str, errs: Errors) -> None:
     if not value.get("service") and not value.get("method"):
         errs.append((path, "one of service or method must be set"))
@@ -337,6 +410,10 @@ def _check_grpc_method(value: dict[str, Any], path: str, errs: Errors) -> None:
         for f in ("service", "method"):
             if value.get(f):
                 Regex.check(value[f], join(path, f), errs)
+        return
+    for f, (pattern, shown) in _GRPC_EXACT.items():
+        if value.get(f) is not None and not pattern.fullmatch(value[f]):
+            errs.append((join(path, f), f"{f} must only contain valid characters (matching {shown})"))
 
 
 GRPCRouteRule = Obj({

@@ -457,12 +457,16 @@ def _gw_session(sp: Obj | None, obj: Obj, rule_index: int, grpc: bool) -> Sessio
 
 
 def _grpc_match(m: Obj) -> HttpMatch:
+    """A GRPCRoute match as a `:path` match. A RegularExpression's service and method are each a
+    regex of its own part (Gateway API's GRPCMethodMatch), so each is grouped: written bare into
+    one `/service/method` regex, an alternation in either (`method: "Get|List"`) spread over the
+    whole path (`/pkg.Svc/Get` or a path that is all `List`) and matched other calls than asked."""
     method = m.get("method") or {}
     svc, meth = method.get("service"), method.get("method")
     path = None
     if method:
         if method.get("type") == "RegularExpression":
-            path = StringMatch("regex", f"/{svc or '[^/]+'}/{meth or '[^/]+'}")
+            path = StringMatch("regex", f"/(?:{svc or '[^/]+'})/(?:{meth or '[^/]+'})")
         elif svc and meth:
             path = StringMatch("exact", f"/{svc}/{meth}")
         elif svc:

@@ -164,7 +164,10 @@ def long_run(cases: int, seed: int, generate: Callable[[random.Random], Iterator
     crashes = done = 0
     t0 = time.monotonic()
     for i in range(cases):
-        case = next(stream)
+        try:
+            case = next(stream)
+        except StopIteration:   # a finite generator (a sweep that has gone through once) ends the run
+            break
         done = i + 1
         try:
             check(case)
@@ -182,13 +185,17 @@ def long_run(cases: int, seed: int, generate: Callable[[random.Random], Iterator
 
 
 def main(run: Callable[[int, int], int], cases: int, *, seed: int | None = 1,
-         setup: Callable[[], object] | None = None, argv: list[str] | None = None) -> int:
+         setup: Callable[[], object] | None = None, argv: list[str] | None = None,
+         parents: Sequence[argparse.ArgumentParser] = ()) -> int:
     """`python -m <module> --cases N --seed S`: `run(N, S)`; the exit status, 1 on any crash.
 
     `cases` and `seed` are the defaults; a `seed` of None draws one (the summary line names it).
-    `setup` runs first, for what only the long run wants (a quieter log, a socket timeout)."""
+    `setup` runs first, for what only the long run wants (a quieter log, a socket timeout).
+    `parents`: a module's own options (`add_help=False` parsers it reads itself), so that `--help`
+    lists them and they are not refused here."""
     module = sys.modules.get(run.__module__)
-    ap = argparse.ArgumentParser(description=(module.__doc__ or "").split("\n")[0] if module else None)
+    ap = argparse.ArgumentParser(description=(module.__doc__ or "").split("\n")[0] if module else None,
+                                 parents=list(parents))
     ap.add_argument("--cases", type=int, default=cases, help=f"how many cases (default {cases})")
     ap.add_argument("--seed", type=int, default=seed,
                     help=f"the random seed (default {seed if seed is not None else 'a new one each run'})")

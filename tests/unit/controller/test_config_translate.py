@@ -585,6 +585,24 @@ def test_grpcroute_methods_become_paths() -> None:
         (True, "exact", "/pkg.Reviews/Get"), (True, "prefix", "/pkg.Admin/")]
 
 
+def test_a_grpc_regex_method_match_keeps_an_alternation_within_its_part() -> None:
+    """GRPCMethodMatch's RegularExpression `service` and `method` are each a regex of its own part:
+    `method: "Get|List"` is the method Get or List of that service. Written bare into one
+    `/service/method` regex, the alternation took the whole path: `/pkg.Svc/List` did not match."""
+    from ambit.regex import compile_re2, full_match
+    grpc = {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "GRPCRoute",
+            "metadata": {"name": "g", "namespace": "demo"},
+            "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": "reviews"}],
+                     "rules": [{"matches": [{"method": {"type": "RegularExpression", "service": "pkg\\.Svc|pkg\\.Old",
+                                                        "method": "Get|List"}}],
+                                "backendRefs": [{"name": "ratings", "port": 9080}]}]}}
+    path = routes_for(SVCS + [grpc], "reviews.demo.svc.cluster.local").http[0].matches[0].path
+    assert path.kind == "regex"
+    rx = compile_re2(path.value)
+    assert [p for p in ("/pkg.Svc/Get", "/pkg.Svc/List", "/pkg.Old/List", "/pkg.Svc/Put", "/other.Svc/Get", "List",
+                        "/pkg.Svc") if full_match(rx, p)] == ["/pkg.Svc/Get", "/pkg.Svc/List", "/pkg.Old/List"]
+
+
 WAYPOINT_WP = {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway", "metadata": {"name": "wp", "namespace": "demo"},
                "spec": {"gatewayClassName": "ambit-waypoint", "listeners": [{"name": "mesh", "port": 15008,
                                                                              "protocol": "HBONE"}]}}

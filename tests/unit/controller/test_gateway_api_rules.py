@@ -195,6 +195,125 @@ def test_a_cors_filter_is_checked_as_gateway_apis_crd_checks_it(field: str, valu
     assert why in found[0][1], found
 
 
+PATH_CHARS = r"^(?:[-A-Za-z0-9/._~!$&'()*+,;=:@]|[%][0-9a-fA-F]{2})+$"
+BAD_CHARS = f"must only contain valid characters (matching {PATH_CHARS}) for types ['Exact', 'PathPrefix']"
+
+
+@pytest.mark.parametrize("value, reasons", [
+    ("/a//b", ["must not contain '//' when type one of ['Exact', 'PathPrefix']"]),
+    ("/a/./b", ["must not contain '/./' when type one of ['Exact', 'PathPrefix']"]),
+    ("/a/../b", ["must not contain '/../' when type one of ['Exact', 'PathPrefix']"]),
+    ("/a%2fb", ["must not contain '%2f' when type one of ['Exact', 'PathPrefix']"]),
+    ("/a%2Fb", ["must not contain '%2F' when type one of ['Exact', 'PathPrefix']"]),
+    ("/a#b", ["must not contain '#' when type one of ['Exact', 'PathPrefix']", BAD_CHARS]),
+    ("/a/..", ["must not end with '/..' when type one of ['Exact', 'PathPrefix']"]),
+    ("/a/.", ["must not end with '/.' when type one of ['Exact', 'PathPrefix']"]),
+    ("/a b", [BAD_CHARS]), ("/é", [BAD_CHARS]), ("/a\nb", [BAD_CHARS]), ("/a?q=1", [BAD_CHARS]),
+    ("/" + "a" * 1024, ["must be at most 1024 characters, got 1025"]),
+])
+@pytest.mark.parametrize("kind", ["Exact", "PathPrefix"])
+def test_a_path_match_no_normalized_request_path_can_equal_is_refused(kind: str, value: str, reasons: list[str]) -> None:
+    """HTTPPathMatch's CEL rules for Exact and PathPrefix, with their messages. The waypoint matches
+    the path as it normalizes it (dot segments removed, a fragment refused, nothing but unreserved
+    characters decoded): "/a/../b", "/a b" or "/é" could never match, the rule was accepted and
+    never applied."""
+    r = route({"matches": [{"path": {"type": kind, "value": value}}], "backendRefs": [BACKEND]})
+    assert errors(r) == [("spec.rules[0].matches[0].path.value", why) for why in reasons]
+
+
+@pytest.mark.parametrize("value", ["/", "/a/b", "/a.b/c~d", "/%41%20x", "/a:b@c!$&'()*+,;=", "/..a/.b"])
+def test_a_path_match_gateway_api_accepts_is_accepted(value: str) -> None:
+    assert errors(route({"matches": [{"path": {"type": "Exact", "value": value}}], "backendRefs": [BACKEND]})) == []
+    assert errors(route({"matches": [{"path": {"type": "RegularExpression", "value": "/a//b.*#"}}],
+                         "backendRefs": [BACKEND]})) == []
+
+
+@pytest.mark.parametrize("modifier, reasons", [
+    ({"type": "ReplaceFullPath", "replacePrefixMatch": "/b"},
+     ["replaceFullPath must be specified when type is set to 'ReplaceFullPath'",
+      "type must be 'ReplacePrefixMatch' when replacePrefixMatch is set"]),
+    ({"type": "ReplacePrefixMatch", "replaceFullPath": "/b"},
+     ["type must be 'ReplaceFullPath' when replaceFullPath is set",
+      "replacePrefixMatch must be specified when type is set to 'ReplacePrefixMatch'"]),
+    ({"type": "ReplaceFullPath"}, ["replaceFullPath must be specified when type is set to 'ReplaceFullPath'"]),
+])
+@pytest.mark.parametrize("filter_type, field", [("URLRewrite", "urlRewrite"), ("RequestRedirect", "requestRedirect")])
+def test_a_path_modifier_must_set_the_replacement_its_type_names(filter_type: str, field: str, modifier: dict[str, Any],
+                                                                 reasons: list[str]) -> None:
+    """HTTPPathModifier's CEL rules, with their messages: a ReplaceFullPath with only
+    `replacePrefixMatch` was accepted and replaced nothing (the path written was not applied)."""
+    rule: dict[str, Any] = {"matches": [{"path": {"type": "PathPrefix", "value": "/a"}}],
+                            "filters": [{"type": filter_type, field: {"path": modifier}}]}
+    if filter_type == "URLRewrite":
+        rule["backendRefs"] = [BACKEND]
+    assert errors(route(rule)) == [(f"spec.rules[0].filters[0].{field}.path", why) for why in reasons]
+
+
+@pytest.mark.parametrize("kind", ["HTTPRoute", "GRPCRoute"])
+def test_a_mirror_fraction_above_one_is_refused(kind: str) -> None:
+    """Fraction's CEL rule, with its message: 5/2 was accepted (and mirrored every request)."""
+    def mirror(fraction: dict[str, int]) -> dict[str, Any]:
+        return route({"filters": [{"type": "RequestMirror", "requestMirror": {"backendRef": BACKEND, "fraction": fraction}}],
+                      "backendRefs": [BACKEND]}, kind=kind)
+    assert errors(mirror({"numerator": 5, "denominator": 2})) == [
+        ("spec.rules[0].filters[0].requestMirror.fraction", "numerator must be less than or equal to denominator")]
+    assert errors(mirror({"numerator": 101})) == [     # (the denominator defaults to 100)
+        ("spec.rules[0].filters[0].requestMirror.fraction", "numerator must be less than or equal to denominator")]
+    assert errors(mirror({"numerator": 2, "denominator": 2})) == errors(mirror({"numerator": 100})) == []
+
+
+@pytest.mark.parametrize("hostname", ["a@b.example", "a/b", "a.example:8080", "A.example", "*.example", "a b",
+                                      "é.example", "", "a" * 254, "[::1]", "a..b", "-a.example"])
+@pytest.mark.parametrize("filter_type, field", [("URLRewrite", "urlRewrite"), ("RequestRedirect", "requestRedirect")])
+def test_a_redirect_or_rewrite_hostname_must_be_a_precise_hostname(filter_type: str, field: str, hostname: str) -> None:
+    """Gateway API's PreciseHostname (the CRD's pattern, 1 to 253 characters). The waypoint wrote the
+    text as the Location's or the upstream Host's host: "a@b.example" redirected to b.example, "a/b"
+    to path /b of host a, "a.example:8080" replaced the port the redirect derives."""
+    rule: dict[str, Any] = {"filters": [{"type": filter_type, field: {"hostname": hostname}}]}
+    if filter_type == "URLRewrite":
+        rule["backendRefs"] = [BACKEND]
+    found = errors(route(rule))
+    assert [p for p, _ in found] == [f"spec.rules[0].filters[0].{field}.hostname"], found
+    assert "hostname" in found[0][1] or "253" in found[0][1], found
+    rule["filters"][0][field]["hostname"] = "a-1.b.example"
+    assert errors(route(rule)) == []
+
+
+GRPC_SERVICE_PATTERN = r"^(?i)\.?[a-z_][a-z_0-9]*(\.[a-z_][a-z_0-9]*)*$"
+GRPC_METHOD_PATTERN = r"^[A-Za-z_][A-Za-z_0-9]*$"
+
+
+@pytest.mark.parametrize("method, field, pattern", [
+    ({"method": "("}, "method", GRPC_METHOD_PATTERN),
+    ({"service": "pkg.Svc", "method": "Get.List"}, "method", GRPC_METHOD_PATTERN),
+    ({"type": "Exact", "method": "a b"}, "method", GRPC_METHOD_PATTERN),
+    ({"service": "pkg/Svc", "method": "Get"}, "service", GRPC_SERVICE_PATTERN),
+    ({"service": "pkg.Svc+"}, "service", GRPC_SERVICE_PATTERN),
+    ({"service": "", "method": "Get"}, "service", GRPC_SERVICE_PATTERN),
+])
+def test_a_grpc_exact_method_match_outside_gateway_apis_pattern_is_refused(method: dict[str, Any], field: str,
+                                                                         pattern: str) -> None:
+    """GRPCMethodMatch's CEL rules for type Exact (the default), with their messages. A lone method
+    becomes the regex `/[^/]+/<method>`: with `method: "("` RE2 refused it and the waypoint left
+    the route out of its table, accepted and never applied."""
+    r = route({"matches": [{"method": method}], "backendRefs": [BACKEND]}, kind="GRPCRoute")
+    assert errors(r) == [(f"spec.rules[0].matches[0].method.{field}",
+                          f"{field} must only contain valid characters (matching {pattern})")]
+
+
+@pytest.mark.parametrize("method", [
+    {"service": "pkg.Svc", "method": "Get"}, {"service": ".pkg.v1_x.Svc"}, {"method": "_Get2"},
+    {"type": "RegularExpression", "service": "pkg\\..*", "method": "Get|List"}, {"type": "RegularExpression", "method": "("},
+])
+def test_grpc_method_matches_gateway_api_accepts_are_accepted(method: dict[str, Any]) -> None:
+    r = route({"matches": [{"method": method}], "backendRefs": [BACKEND]}, kind="GRPCRoute")
+    found = errors(r)
+    if method.get("method") == "(":     # (a regex: checked as one, not by the Exact pattern)
+        assert [p for p, _ in found] == ["spec.rules[0].matches[0].method.method"], found
+    else:
+        assert found == []
+
+
 def test_a_grpcroute_has_no_cors_filter() -> None:
     found = errors(route({"filters": [{"type": "CORS", "cors": CORS_OK}], "backendRefs": [BACKEND]}, kind="GRPCRoute"))
     assert [p for p, _ in found] == ["spec.rules[0].filters[0].type"], found

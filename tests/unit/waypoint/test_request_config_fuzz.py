@@ -21,6 +21,8 @@ port the waypoint's route table knows, the ingress gateway's listener ports and 
 paths, queries, headers and cookies from the seeds and from the mutated object's own strings, JWTs
 (signed by a key the fuzzer's own RequestAuthentication trusts, or not), CORS preflights, gRPC.
 
+What must hold before any request: every route of the accepted config is in each gateway's route
+table (one the table leaves out, for a regex RE2 refuses, was accepted and is not honoured).
 What must hold for every request (any status is fine):
 1. it gets a whole HTTP response (or, on h2, a reset stream) within `VIRTUAL_LIMIT` s of the
    virtual clock (more than any timeout the waypoint applies by default; unless it is still
@@ -34,7 +36,10 @@ What must hold for every request (any status is fine):
 Three budgets, as the other fuzz modules (tests/support/fuzzing.py): the unit suite (a few dozen
 examples), `-m fuzz` (`AMBIT_FUZZ_EXAMPLES`), and a long local run:
 `python -m tests.unit.waypoint.test_request_config_fuzz --cases 3000` (about 8 cases a second; every
-other case the next of a systematic sweep of the seeds' fields, `sweep`).
+other case the next of a systematic sweep of the seeds' fields, `sweep`). `--only HTTPRoute,GRPCRoute`
+(kinds, or `Kind/namespace/name`) restricts the sweep and the draws to those seeds; `--sweep-only`
+makes every case a sweep step and ends after one pass (`--sweep-size` counts it), `--shard I/N`
+splits that pass between N runs side by side, `--no-sweep` draws at random only.
 
 Found: text outside latin-1 in a VirtualService `rewrite.authority` (or an HTTPRoute URLRewrite's
 hostname or path) hung the request until the stream idle timeout, in a `redirect.authority` closed
@@ -45,6 +50,7 @@ tests/unit/waypoint/test_header_ops_wire.py).
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import base64
 import contextlib
@@ -540,6 +546,7 @@ def request_seeds() -> tuple[Obj, ...]:
                              {"type": "RequestMirror", "requestMirror": {"backendRef": {"name": "echo-v1", "port": 8080},
                                                                          "fraction": {"numerator": 1, "denominator": 3}}}],
                  "backendRefs": [{"name": "echo-v2", "port": 8080}]}]}),
+        *gateway_api_seeds(),
         obj(_SEC, "AuthorizationPolicy", "v2-deny", "demo", {
             "targetRefs": [{"kind": "Service", "group": "", "name": "echo-v2"}], "action": "DENY",
             "rules": [{"to": [{"operation": {"notPaths": ["/a*", "/"], "methods": ["DELETE", "PUT"]}}],
@@ -553,6 +560,127 @@ def request_seeds() -> tuple[Obj, ...]:
                        "when": [{"key": "request.auth.claims[groups]", "values": ["admins"]},
                                 {"key": "request.auth.audiences", "values": ["echo"]}]},
                       {"to": [{"operation": {"paths": ["/public/*", "/echo.Echo/*"]}}]}]}),
+    )
+
+
+def gateway_api_seeds() -> tuple[Obj, ...]:
+    """HTTPRoute and GRPCRoute seeds that say together everything Ambit accepts of them on the
+    request path: every filter type it takes (rule's and backend's), weighted backends (one at 0),
+    matches on path (each type), method, headers and query parameters (exact and regex), timeouts,
+    retries, session persistence in both of its shapes, redirects with each path modifier, port
+    and code; gRPC method matches of each shape (exact, service or method alone, regex) with
+    header matches; and an ingress route with filters. Attached where little else routes (echo-v1
+    and echo-v2's gRPC port, the ingress gateway's `*.example.com` listener), so requests reach
+    them; their mutations are what the sweep (`--only HTTPRoute,GRPCRoute`) goes through."""
+    obj = config_fuzz._obj
+    return (
+        obj(_GW, "HTTPRoute", "rich-http", "demo", {
+            "parentRefs": [{"group": "", "kind": "Service", "name": "echo-v1", "port": 8080}],
+            "rules": [
+                {"name": "exact",
+                 "matches": [{"path": {"type": "Exact", "value": "/exact"}, "method": "POST",
+                              "headers": [{"name": "x-user", "value": "alice"},
+                                          {"type": "RegularExpression", "name": "x-env", "value": "prod-[0-9]+"}],
+                              "queryParams": [{"name": "q", "value": "1"},
+                                              {"type": "RegularExpression", "name": "token", "value": ".*"}]},
+                             {"path": {"type": "Exact", "value": "/a"}}],
+                 "filters": [{"type": "RequestHeaderModifier", "requestHeaderModifier": {
+                                 "set": [{"name": "x-set", "value": "s"}], "add": [{"name": "x-add", "value": "a"}],
+                                 "remove": ["x-debug"]}},
+                             {"type": "ResponseHeaderModifier", "responseHeaderModifier": {
+                                 "set": [{"name": "x-rset", "value": "s"}], "add": [{"name": "x-radd", "value": "a"}],
+                                 "remove": ["server"]}},
+                             {"type": "URLRewrite", "urlRewrite": {
+                                 "hostname": "rewritten.internal", "path": {"type": "ReplaceFullPath", "replaceFullPath": "/full"}}},
+                             {"type": "RequestMirror", "requestMirror": {"backendRef": {"name": "echo-v2", "port": 8080},
+                                                                         "percent": 50}},
+                             {"type": "CORS", "cors": {"allowOrigins": ["https://*.example.com", "http://a.example.org:8080"],
+                                                       "allowMethods": ["GET", "POST"], "allowHeaders": ["x-a", "x-user"],
+                                                       "exposeHeaders": ["x-rset"], "maxAge": 60, "allowCredentials": True}}],
+                 "backendRefs": [{"name": "echo-v1", "port": 8080, "weight": 2, "filters": [
+                                     {"type": "RequestHeaderModifier", "requestHeaderModifier": {
+                                         "set": [{"name": "x-backend", "value": "v1"}], "remove": ["x-a"]}},
+                                     {"type": "ResponseHeaderModifier", "responseHeaderModifier": {
+                                         "add": [{"name": "x-from", "value": "v1"}]}}]},
+                                 {"name": "echo-v2", "port": 8080, "weight": 0},
+                                 {"name": "echo-v3", "port": 8080, "weight": 1, "filters": [
+                                     {"type": "ResponseHeaderModifier", "responseHeaderModifier": {
+                                         "set": [{"name": "x-from", "value": "v3"}]}}]}],
+                 "timeouts": {"request": "3s", "backendRequest": "1s"},
+                 "retry": {"attempts": 2, "codes": [502, 503], "backoff": "10ms"},
+                 "sessionPersistence": {"type": "Cookie", "absoluteTimeout": "1h",
+                                        "cookie": {"name": "rs", "path": "/", "lifetimeType": "Session"}}},
+                {"name": "prefix",
+                 "matches": [{"path": {"type": "PathPrefix", "value": "/api"}}],
+                 "filters": [{"type": "URLRewrite", "urlRewrite": {
+                                 "hostname": "api.internal", "path": {"type": "ReplacePrefixMatch", "replacePrefixMatch": "/v2"}}},
+                             {"type": "RequestMirror", "requestMirror": {"backendRef": {"name": "echo", "port": 8080},
+                                                                         "fraction": {"numerator": 1, "denominator": 2}}},
+                             {"type": "RequestMirror", "requestMirror": {"backendRef": {"name": "echo-v3", "port": 8080},
+                                                                         "percent": 100}}],
+                 "backendRefs": [{"name": "echo-v2", "port": 8080, "weight": 1}],
+                 "timeouts": {"request": "0s"},
+                 "sessionPersistence": {"type": "Header", "header": {"name": "x-rs"}}},
+                {"matches": [{"path": {"type": "PathPrefix", "value": "/go"}}],
+                 "filters": [{"type": "RequestRedirect", "requestRedirect": {
+                     "scheme": "https", "hostname": "r.example.com", "port": 8443, "statusCode": 307,
+                     "path": {"type": "ReplacePrefixMatch", "replacePrefixMatch": "/gone"}}}]},
+                {"matches": [{"path": {"type": "RegularExpression", "value": "/re/[a-z]+"}, "method": "DELETE"},
+                             {"path": {"type": "RegularExpression", "value": "/re/[0-9]+"}}],
+                 "filters": [{"type": "RequestRedirect", "requestRedirect": {
+                     "statusCode": 303, "path": {"type": "ReplaceFullPath", "replaceFullPath": "/"}}}]},
+                {"matches": [{"headers": [{"name": "x-b", "value": "bee"}], "method": "GET"}],
+                 "filters": [{"type": "CORS", "cors": {"allowOrigins": ["*"], "allowMethods": ["*"],
+                                                       "allowHeaders": ["*"], "exposeHeaders": ["*"]}}],
+                 "backendRefs": [{"name": "echo-v3", "port": 8080, "weight": 0}, {"name": "echo", "port": 8080, "weight": 1}],
+                 "retry": {}},
+                {"matches": [{"path": {"type": "PathPrefix", "value": "/none"}}],
+                 "filters": [{"type": "RequestHeaderModifier", "requestHeaderModifier": {"add": [{"name": "x-n", "value": "1"}]}}]},
+                {"name": "rest", "backendRefs": [{"name": "echo-v1", "port": 8080}]}]}),
+        obj(_GW, "GRPCRoute", "rich-grpc", "demo", {
+            "parentRefs": [{"group": "", "kind": "Service", "name": "echo-v1", "port": 7070},
+                           {"group": "", "kind": "Service", "name": "echo-v2", "port": 7070}],
+            "rules": [
+                {"name": "say",
+                 "matches": [{"method": {"type": "Exact", "service": "echo.Echo", "method": "Say"},
+                              "headers": [{"name": "x-user", "value": "alice"},
+                                          {"type": "RegularExpression", "name": "x-env", "value": "prod.*"}]}],
+                 "filters": [{"type": "RequestHeaderModifier", "requestHeaderModifier": {
+                                 "set": [{"name": "x-g", "value": "1"}], "add": [{"name": "x-ga", "value": "2"}],
+                                 "remove": ["x-debug"]}},
+                             {"type": "ResponseHeaderModifier", "responseHeaderModifier": {
+                                 "set": [{"name": "x-gr", "value": "1"}], "remove": ["x-origin"]}},
+                             {"type": "RequestMirror", "requestMirror": {"backendRef": {"name": "echo-v3", "port": 7070},
+                                                                         "percent": 30}}],
+                 "backendRefs": [{"name": "echo-v1", "port": 7070, "weight": 3, "filters": [
+                                     {"type": "RequestHeaderModifier", "requestHeaderModifier": {
+                                         "add": [{"name": "x-gb", "value": "v1"}]}},
+                                     {"type": "ResponseHeaderModifier", "responseHeaderModifier": {
+                                         "set": [{"name": "x-gfrom", "value": "v1"}]}}]},
+                                 {"name": "echo-v2", "port": 7070, "weight": 1}],
+                 "sessionPersistence": {"sessionName": "gs", "type": "Cookie", "absoluteTimeout": "10m",
+                                        "cookieConfig": {"lifetimeType": "Permanent"}}},
+                {"matches": [{"method": {"method": "Other"}},
+                             {"method": {"type": "RegularExpression", "service": "grpc\\..*", "method": "X|Y"}}],
+                 "backendRefs": [{"name": "echo-v2", "port": 7070}],
+                 "sessionPersistence": {"sessionName": "x-gs", "type": "Header"}},
+                {"matches": [{"method": {"service": "echo.Echo"}, "headers": [{"name": "x-b", "value": "bee"}]}],
+                 "filters": [{"type": "RequestMirror", "requestMirror": {"backendRef": {"name": "echo-v1", "port": 7070},
+                                                                         "fraction": {"numerator": 1, "denominator": 4}}}],
+                 "backendRefs": [{"name": "echo-v3", "port": 7070, "weight": 0}, {"name": "echo", "port": 7070, "weight": 5}]},
+                {"backendRefs": [{"name": "echo", "port": 7070}]}]}),
+        obj(_GW, "HTTPRoute", "ingress-filters", "demo", {
+            "parentRefs": [{"name": "ingress", "sectionName": "http"}],
+            "hostnames": ["redir.example.com", "*.wild.example.com"],
+            "rules": [
+                {"matches": [{"path": {"type": "PathPrefix", "value": "/app"}}],
+                 "filters": [{"type": "URLRewrite", "urlRewrite": {"hostname": "echo.demo.svc.cluster.local"}},
+                             {"type": "RequestHeaderModifier", "requestHeaderModifier": {
+                                 "set": [{"name": "x-forwarded-host", "value": "edge"}]}},
+                             {"type": "CORS", "cors": {"allowOrigins": ["https://a.example.com"], "allowCredentials": True}}],
+                 "backendRefs": [{"name": "echo", "port": 8080, "weight": 9}, {"name": "echo-v1", "port": 8080, "weight": 1}],
+                 "timeouts": {"request": "2s"}},
+                {"filters": [{"type": "RequestRedirect", "requestRedirect": {"scheme": "https", "statusCode": 301}}]}]}),
     )
 
 
@@ -982,6 +1110,8 @@ def check(key: Key, obj: Any, *more: tuple[Key, Any], seed: int = 0, n: int = RE
     rng = random.Random(seed)
     words = [w for w in strings_of(obj) + [s for _, o in more for s in strings_of(o)] if 0 < len(w) < 300]
     for (ns, name, cls), cfg in configs.items():
+        left_out = [*cfg.view.table.errors, *(e for p in cfg.view.ingress.ports.values() for e in p.table.errors)]
+        assert not left_out, f"{ns}/{name}: accepted config, routes left out of the table: {left_out}"
         with config_fuzz.quiet("ambit.waypoint", "ambit.waypoint.access", "waypoint.http", "ambit.waypoint.config"):
             outcomes = drive(cfg, cls in INGRESS_CLASSES, rng, words, n)
         bad = [o for o in outcomes if o.problems]
@@ -1024,33 +1154,66 @@ def test_fuzz_requests_through_accepted_config_long(key: Key, data: st.DataObjec
 Case = tuple[Key, Any, list[tuple[Key, Any]], int]
 
 
-def sweep() -> Iterator[tuple[Key, Obj]]:
-    """Every scalar of this module's seeds and test_config_fuzz's rich ones set to each odd value
-    of its type (`odd_like`), one after the other, and again: a random draw reaches a given field
-    and value rarely (the values outside latin-1 that hung a rewritten request were found this
-    way, after 20,000 random cases had not)."""
+def chosen(key: Key, only: tuple[str, ...]) -> bool:
+    """Whether a long run restricted to `only` (kinds, or `Kind/namespace/name`; nothing: every
+    seed) mutates `key`."""
+    return not only or any(o in (key[0], "/".join(key)) for o in only)
+
+
+def _sweep_seeds(only: tuple[str, ...] = ()) -> list[tuple[Key, Obj]]:
+    """The seeds `sweep` goes through: this module's, then test_config_fuzz's rich ones."""
+    return [(k, o) for k, o in [*_request_seeds_by_key().items(), *((k, config_fuzz.WORLD[k]) for k in config_fuzz.RICH_KEYS)]
+            if chosen(k, only)]
+
+
+def sweep(only: tuple[str, ...] = (), once: bool = False) -> Iterator[tuple[Key, Obj]]:
+    """Every scalar of this module's seeds and test_config_fuzz's rich ones (those `only` names)
+    set to each odd value of its type (`odd_like`), one after the other, and again unless `once`:
+    a random draw reaches a given field and value rarely (the values outside latin-1 that hung a
+    rewritten request were found this way, after 20,000 random cases had not)."""
     while True:
-        for key, seed in [*_request_seeds_by_key().items(), *((k, config_fuzz.WORLD[k]) for k in config_fuzz.RICH_KEYS)]:
+        for key, seed in _sweep_seeds(only):
             for path in _leaves(seed):
                 for value in config_fuzz.odd_like(config_fuzz.get(seed, path)):
                     obj = copy.deepcopy(seed)
                     config_fuzz.put(obj, path, value)
                     yield key, obj
+        if once:
+            return
 
 
-def _long_cases(rng: random.Random) -> Iterator[Case]:
-    """Every other case the next of `sweep`; else a seed mutated (this module's and
-    test_config_fuzz's rich ones most of the time), now and then with another mutated beside it;
-    the unmutated seeds of this module beside."""
+def sweep_size(only: tuple[str, ...] = ()) -> int:
+    """How many cases one pass of `sweep` has."""
+    return sum(len(config_fuzz.odd_like(config_fuzz.get(seed, p))) for _, seed in _sweep_seeds(only)
+               for p in _leaves(seed))
+
+
+def _long_cases(rng: random.Random, only: tuple[str, ...] = (), sweep_only: bool = False,
+                shard: tuple[int, int] = (0, 1), no_sweep: bool = False) -> Iterator[Case]:
+    """Every other case the next of `sweep` (`sweep_only`: every case, and one pass; `no_sweep`:
+    none, for random draws after a pass has been made); else a seed
+    mutated (this module's and test_config_fuzz's rich ones most of the time), now and then with
+    another mutated beside it; the unmutated seeds of this module beside. `only` restricts both to
+    the seeds it names (`chosen`); `shard` (i, n) takes the sweep's cases i, i + n, ...: n runs
+    side by side share one pass."""
     c = config_fuzz.Rolled(rng)
-    swept = sweep()
+    swept = (case for i, case in enumerate(sweep(only, once=sweep_only)) if i % shard[1] == shard[0])
+    pools = [[k for k in keys if chosen(k, only)]
+             for keys in (request_keys(), config_fuzz.RICH_KEYS, config_fuzz.KEYS)]
+    beside = [k for k in config_fuzz.RICH_KEYS + request_keys() if chosen(k, only)]
+    if not any(pools):
+        raise ValueError(f"--only {','.join(only)} names no seed")
     while True:
-        if rng.random() < 0.5:
-            yield (*next(swept), [], rng.randrange(2 ** 32))
+        if sweep_only or (not no_sweep and rng.random() < 0.5):
+            case = next(swept, None)
+            if case is None:
+                return
+            yield (*case, [], rng.randrange(2 ** 32))
             continue
         r = rng.random()
-        key = rng.choice(request_keys() if r < 0.5 else config_fuzz.RICH_KEYS if r < 0.8 else config_fuzz.KEYS)
-        more = [(k, mutated(k, c)) for k in rng.sample(config_fuzz.RICH_KEYS + request_keys(), rng.choice((0, 0, 0, 1)))
+        pool = pools[0 if r < 0.5 else 1 if r < 0.8 else 2] or next(p for p in pools if p)
+        key = rng.choice(pool)
+        more = [(k, mutated(k, c)) for k in rng.sample(beside, min(len(beside), rng.choice((0, 0, 0, 1))))
                 if k != key]
         yield key, mutated(key, c), more, rng.randrange(2 ** 32)
 
@@ -1060,11 +1223,37 @@ def _described(case: Case) -> str:
     return f"(request seed {seed}) " + config_fuzz._described((key, obj, more))
 
 
-def long_run(cases: int, seed: int) -> int:
-    return fuzzing.long_run(cases, seed, _long_cases,
+def long_run(cases: int, seed: int, only: tuple[str, ...] = (), sweep_only: bool = False,
+             shard: tuple[int, int] = (0, 1), no_sweep: bool = False) -> int:
+    return fuzzing.long_run(cases, seed, lambda rng: _long_cases(rng, only, sweep_only, shard, no_sweep),
                             lambda case: check(case[0], case[1], *with_request_seeds(case[0], case[2]), seed=case[3]),
                             describe=_described, progress_every=100)
 
 
+def _shard(text: str) -> tuple[int, int]:
+    i, n = (int(x) for x in text.split("/"))
+    if not 0 <= i < n:
+        raise argparse.ArgumentTypeError(f"want I/N with 0 <= I < N, got {text}")
+    return i, n
+
+
+OPTIONS = argparse.ArgumentParser(add_help=False)
+OPTIONS.add_argument("--only", type=lambda t: tuple(x for x in t.split(",") if x), default=(),
+                     help="mutate and sweep only these seeds: kinds (HTTPRoute,GRPCRoute) or Kind/namespace/name")
+OPTIONS.add_argument("--sweep-only", action="store_true",
+                     help="every case from the sweep, which ends the run after one pass (--cases bounds it)")
+OPTIONS.add_argument("--no-sweep", action="store_true", help="random cases only (after a pass of the sweep)")
+OPTIONS.add_argument("--shard", type=_shard, default=(0, 1),
+                     help="I/N: this run takes the sweep's cases I, I+N, ... (N runs share one pass)")
+OPTIONS.add_argument("--sweep-size", action="store_true", help="print how many cases one sweep pass has, and exit")
+
+
 if __name__ == "__main__":
-    sys.exit(fuzzing.main(long_run, cases=3000))
+    opts, rest = OPTIONS.parse_known_args()
+    if opts.sweep_size:
+        print(sweep_size(opts.only))
+        sys.exit(0)
+
+    def run(cases: int, seed: int) -> int:
+        return long_run(cases, seed, opts.only, opts.sweep_only, opts.shard, opts.no_sweep)
+    sys.exit(fuzzing.main(run, cases=3000, argv=rest, parents=[OPTIONS]))
