@@ -44,10 +44,14 @@ TLS_MIN_VERSION_OPTION = "ambit.io/min-tls-version"
 TLS_VERSIONS = ("1.2", "1.3")
 GATEWAY_GROUP = "gateway.networking.k8s.io"
 
+# Gateway API's typed strings and bounds (gwtypes.py), as its CRDs check them: without an API server
+# in front (the lab, `ambit apply`, `--dry-run`), a parent named in capitals or a group with a space
+# was accepted and then bound nothing.
 ParentReference = Obj({
-    "group": Str(), "kind": Str(), "namespace": Str(), "name": Str(min_len=1),
-    "sectionName": Str(), "port": Port,
+    "group": Group, "kind": Kind, "namespace": Namespace, "name": ObjectName,
+    "sectionName": SectionName, "port": Port,
 }, required=("name",))
+ParentReferences = Arr(ParentReference, max_items=32)
 
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH")
 
@@ -91,23 +95,25 @@ HTTPPathMatch = Obj({"type": Str(enum=("Exact", "PathPrefix", "RegularExpression
 # The name is Gateway API's HTTPHeaderName / HTTPQueryParamName (the CRD's pattern): a name with
 # other characters could never match (it was accepted, in the lab, and the rule never matched).
 HeaderMatch = Obj({"type": Str(enum=("Exact", "RegularExpression")),
-                   "name": Str(min_len=1, valid=header_name_reason), "value": Str()},
+                   "name": Str(min_len=1, max_len=256, valid=header_name_reason), "value": Str(max_len=4096)},
                   required=("name", "value"), checks=(_check_regex_value,))
 
 HTTPRouteMatch = Obj({
     "path": HTTPPathMatch,
-    "headers": Arr(HeaderMatch),
-    "queryParams": Arr(HeaderMatch),
+    "headers": Arr(HeaderMatch, max_items=16),
+    "queryParams": Arr(HeaderMatch, max_items=16),
     "method": Str(enum=HTTP_METHODS),
 })
 
-HeaderValue = Obj({"name": Str(min_len=1), "value": Str(valid=header_value_reason)}, required=("name", "value"))
-RequestHeaderFilter = Obj({"set": Arr(HeaderValue), "add": Arr(HeaderValue), "remove": Strings},
+HeaderValue = Obj({"name": Str(min_len=1, max_len=256), "value": Str(valid=header_value_reason, max_len=4096)},
+                  required=("name", "value"))
+_HeaderValues = Arr(HeaderValue, max_items=16)
+RequestHeaderFilter = Obj({"set": _HeaderValues, "add": _HeaderValues, "remove": Arr(Str(), max_items=16)},
                           checks=(header_ops_checks(True),))
-ResponseHeaderFilter = Obj({"set": Arr(HeaderValue), "add": Arr(HeaderValue), "remove": Strings},
+ResponseHeaderFilter = Obj({"set": _HeaderValues, "add": _HeaderValues, "remove": Arr(Str(), max_items=16)},
                            checks=(header_ops_checks(False),))
 
-BackendObjectRef = Obj({"group": Str(), "kind": Str(), "name": Str(min_len=1), "namespace": Str(), "port": Port},
+BackendObjectRef = Obj({"group": Group, "kind": Kind, "name": ObjectName, "namespace": Namespace, "port": Port},
                        required=("name",))
 
 # A rewritten or redirected path and host go into the request line, the Host header or the
@@ -125,8 +131,8 @@ def _check_path_modifier(value: dict[str, Any], path: str, errs: Errors) -> None
 
 
 PathModifier = Obj({"type": Str(enum=("ReplaceFullPath", "ReplacePrefixMatch")),
-                    "replaceFullPath": Str(valid=request_path_reason),
-                    "replacePrefixMatch": Str(valid=request_path_reason)}, required=("type",),
+                    "replaceFullPath": Str(valid=request_path_reason, max_len=1024),
+                    "replacePrefixMatch": Str(valid=request_path_reason, max_len=1024)}, required=("type",),
                    checks=(_check_path_modifier,))
 
 
@@ -376,22 +382,23 @@ SessionPersistence = Obj({
 
 
 HTTPRouteRule = Obj({
-    "name": Str(),
-    "matches": Arr(HTTPRouteMatch),
-    "filters": Arr(HTTPFilter),
-    "backendRefs": Arr(BackendRef(HTTPFilter, _check_http_backend_filters)),
+    "name": SectionName,
+    "matches": Arr(HTTPRouteMatch, max_items=64),
+    "filters": Arr(HTTPFilter, max_items=16),
+    "backendRefs": Arr(BackendRef(HTTPFilter, _check_http_backend_filters), max_items=16),
     "timeouts": Obj({"request": GwDuration, "backendRequest": GwDuration}, checks=(_check_timeouts,)),
     "retry": Obj({"codes": Arr(Int(minimum=400, maximum=599)), "attempts": Int(minimum=0), "backoff": GwDuration}),
     "sessionPersistence": SessionPersistence,
 }, checks=(_check_http_rule,))
 
 HTTPRouteSpec = Obj({
-    "parentRefs": Arr(ParentReference),
-    "hostnames": Strings,
-    "rules": Arr(HTTPRouteRule),
+    "parentRefs": ParentReferences,
+    "hostnames": Arr(Hostname, max_items=16),
+    "rules": Arr(HTTPRouteRule, min_items=1, max_items=16),
 }, checks=(_check_parents,))
 
-GRPCMethodMatch = Obj({"type": Str(enum=("Exact", "RegularExpression")), "service": Str(), "method": Str()})
+GRPCMethodMatch = Obj({"type": Str(enum=("Exact", "RegularExpression")), "service": Str(max_len=1024),
+                       "method": Str(max_len=1024)})
 
 
 # GRPCMethodMatch's CEL rules for type Exact (gateway.networking.k8s.io_grpcroutes.yaml), with their
@@ -417,16 +424,16 @@ def _check_grpc_method(value: dict[str, Any], path: str, errs: Errors) -> None:
 
 
 GRPCRouteRule = Obj({
-    "name": Str(),
+    "name": SectionName,
     "matches": Arr(Obj({"method": GRPCMethodMatch.extend(checks=(_check_grpc_method,)),
-                        "headers": Arr(HeaderMatch)})),
-    "filters": Arr(GRPCFilter),
-    "backendRefs": Arr(BackendRef(GRPCFilter, _check_grpc_filters)),
+                        "headers": Arr(HeaderMatch, max_items=16)}), max_items=64),
+    "filters": Arr(GRPCFilter, max_items=16),
+    "backendRefs": Arr(BackendRef(GRPCFilter, _check_grpc_filters), max_items=16),
     "sessionPersistence": SessionPersistence,
 }, checks=(_check_grpc_filters,))
 
-GRPCRouteSpec = Obj({"parentRefs": Arr(ParentReference), "hostnames": Strings, "rules": Arr(GRPCRouteRule)},
-                    checks=(_check_parents,))
+GRPCRouteSpec = Obj({"parentRefs": ParentReferences, "hostnames": Arr(Hostname, max_items=16),
+                     "rules": Arr(GRPCRouteRule, max_items=16)}, checks=(_check_parents,))
 
 LabelSelector = Obj({
     "matchLabels": Labels,
@@ -669,19 +676,15 @@ def _check_l4_route(value: dict[str, Any], path: str, errs: Errors) -> None:
                                           "route matches (there are no matches to tell rules apart)"))
 
 
-# TLSRoute's and TCPRoute's references take Gateway API's typed strings and bounds (gwtypes.py).
-# (HTTPRoute's and GRPCRoute's share ParentReference and BackendObjectRef, untyped: not changed here.)
-L4ParentReference = ParentReference.extend({"group": Group, "kind": Kind, "namespace": Namespace,
-                                            "name": ObjectName, "sectionName": SectionName})
-L4BackendRef = BackendObjectRef.extend({"group": Group, "kind": Kind, "name": ObjectName, "namespace": Namespace,
-                                        "weight": Int(minimum=0, maximum=1000000)}, checks=(_check_backend,))
+# TLSRoute's and TCPRoute's references: the typed ParentReference and BackendObjectRef, as HTTPRoute's.
+L4BackendRef = BackendObjectRef.extend({"weight": Int(minimum=0, maximum=1000000)}, checks=(_check_backend,))
 L4RouteRule = Obj({"name": SectionName, "backendRefs": Arr(L4BackendRef, min_items=1, max_items=16)},
                   required=("backendRefs",))
-TLSRouteSpec = Obj({"parentRefs": Arr(L4ParentReference, max_items=32),
+TLSRouteSpec = Obj({"parentRefs": ParentReferences,
                     "hostnames": Arr(SniHostname, min_items=1, max_items=1024),
                     "rules": Arr(L4RouteRule, min_items=1)},
                    required=("rules",), checks=(_check_l4_route,))
-TCPRouteSpec = Obj({"parentRefs": Arr(L4ParentReference, max_items=32), "rules": Arr(L4RouteRule, min_items=1)},
+TCPRouteSpec = Obj({"parentRefs": ParentReferences, "rules": Arr(L4RouteRule, min_items=1)},
                    required=("rules",), checks=(_check_l4_route,))
 
 # ReferenceGrant (v1, v1beta1): lets objects of `from` (group, kind, namespace) refer to objects of
