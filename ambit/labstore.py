@@ -124,8 +124,11 @@ class LabStore:
             self._write(rev, sorted(current.values(), key=key_of))
             return rev
 
-    def apply(self, objs: list[Obj]) -> int:
-        """Create or replace objects, keeping uid and creation time of existing ones."""
+    def apply(self, objs: list[Obj], written: set[Key] | None = None) -> int:
+        """Create or replace objects, keeping uid and creation time of existing ones. `written`, if
+        given, gets the keys of the objects this call changed: reading them back from a snapshot
+        after the call is racy, since another writer (the controller writing a status) may have
+        given one a newer resourceVersion meanwhile."""
         def fn(cur: dict[Key, Obj]) -> list[Key]:
             keys = []
             for o in objs:
@@ -145,6 +148,8 @@ class LabStore:
                         continue
                 cur[k] = new
                 keys.append(k)
+            if written is not None:
+                written.update(keys)
             return keys
         return self.mutate(fn)
 

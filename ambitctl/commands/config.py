@@ -291,16 +291,18 @@ def cmd_apply(args: argparse.Namespace) -> int:
             print(f"{_display(o)} {verdict} (dry run)", file=out)
     else:
         assert store is not None and before is not None
+        written: set[tuple[str, str, str]] = set()
         try:
-            rev = store.apply(objs)
+            store.apply(objs, written)
         except StoreError as e:
             print(f"error: {e}", file=err)
             return 1
         after = store.snapshot().objects
         for o in objs:
             key = object_key(o)
-            written = rev != before.revision and (after.get(key, {}).get("metadata") or {}).get("resourceVersion") == str(rev)
-            verdict = ("configured" if key in before.objects else "created") if written else "unchanged"
+            # from the write itself: the controller may have written a status (a newer
+            # resourceVersion) before the snapshot, which read back as "unchanged" for a new object
+            verdict = ("configured" if key in before.objects else "created") if key in written else "unchanged"
             print(f"{_display(o)} {verdict}", file=out)
             want[key] = str((after.get(key, {}).get("metadata") or {}).get("resourceVersion") or "")
     for w in plan.warnings:

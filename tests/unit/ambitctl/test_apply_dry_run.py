@@ -127,6 +127,31 @@ def test_a_status_written_by_the_controller_is_not_a_change(lab_dir: Path) -> No
     assert out.endswith("unchanged\n"), out
 
 
+def test_a_status_the_controller_writes_at_once_does_not_make_a_new_object_unchanged(
+        lab_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The running controller writes a new policy's status as soon as it sees it. Landing between
+    the apply and the read-back that decided the verdict, that write gave the object a newer
+    resourceVersion than the apply's, and `ambit apply` printed `unchanged` for an object it had just
+    created (a lab test failed so under load). The verdict now comes from the write itself."""
+    real_apply = LabStore.apply
+
+    def apply_then_controller_writes_status(self: LabStore, objs: list, written: set | None = None) -> int:
+        rev = real_apply(self, objs, written)
+        controller = LabStore(store_path())     # another writer on the same store, as the controller is
+        for o in controller.list("PeerAuthentication", "demo"):
+            if "status" not in o:
+                real_apply(controller, [{**o, "status": {"conditions": [{"type": "Accepted", "status": "True"}]}}])
+        return rev
+
+    monkeypatch.setattr(LabStore, "apply", apply_then_controller_writes_status)
+    pa = str(EXAMPLES / "istio" / "peer-authentication.yaml")
+    rc, out, err = run("apply", "-f", pa, "-n", "demo")
+    assert rc == 0 and out.endswith(" created\n") and "unchanged" not in out, (out, err)
+    assert LabStore(store_path()).list("PeerAuthentication", "demo")[0]["status"]     # the status did land
+    rc, out, _ = run("apply", "-f", pa, "-n", "demo")
+    assert rc == 0 and out.endswith(" unchanged\n"), out
+
+
 def test_a_namespace_the_lab_does_not_have_is_warned(lab_dir: Path) -> None:
     """`-n defualt` put the object where nothing lives, silently (kubectl is refused by the API server)."""
     LabStore(store_path()).apply([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": n}}
