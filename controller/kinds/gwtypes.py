@@ -29,11 +29,13 @@ ANY = re.compile(r".*", re.S)
 def matching(rx: re.Pattern[str], what: str, max_len: int = 253,
              extra: Callable[[str], str | None] | None = None) -> Callable[[str], str | None]:
     """A `Str.valid` check: at most `max_len` characters, and `rx` (searched, as the API server
-    reads an OpenAPI pattern), then `extra` (a CEL rule's check)."""
+    reads an OpenAPI pattern), then `extra` (a CEL rule's check). A line break is refused outright:
+    Python's `$` also matches before a final newline, where the API server's (Go's RE2) matches only
+    at the end, so `a.example\n` passed as a hostname (no pattern here allows a line break)."""
     def valid(v: str) -> str | None:
         if len(v) > max_len:
             return f"must be at most {max_len} characters, got {len(v)}"
-        if not rx.search(v):
+        if rx is not ANY and ("\n" in v or not rx.search(v)):
             return f"must be {what}, got {v!r}"
         return extra(v) if extra is not None else None
     return valid

@@ -317,3 +317,18 @@ def test_grpc_method_matches_gateway_api_accepts_are_accepted(method: dict[str, 
 def test_a_grpcroute_has_no_cors_filter() -> None:
     found = errors(route({"filters": [{"type": "CORS", "cors": CORS_OK}], "backendRefs": [BACKEND]}, kind="GRPCRoute"))
     assert [p for p, _ in found] == ["spec.rules[0].filters[0].type"], found
+
+
+@pytest.mark.parametrize("where,obj", [
+    ("spec.hostnames[0]", {**route({"backendRefs": [BACKEND]}), "spec": {
+        **route({"backendRefs": [BACKEND]})["spec"], "hostnames": ["reviews.example\n"]}}),
+    ("spec.parentRefs[0].namespace", route({"backendRefs": [BACKEND]},
+                                           [{"group": "", "kind": "Service", "name": "reviews", "namespace": "demo\n"}])),
+    ("spec.listeners[0].hostname", {"apiVersion": GW, "kind": "Gateway", "metadata": {"name": "g", "namespace": "demo"},
+                                    "spec": {"gatewayClassName": "ambit", "listeners": [
+                                        {"name": "h", "port": 80, "protocol": "HTTP", "hostname": "a.example\n"}]}}),
+])
+def test_a_typed_string_with_a_trailing_line_break_is_refused(where: str, obj: dict[str, Any]) -> None:
+    """Python's `$` matches before a final newline, Go's (the API server's) does not: `a.example\\n`
+    passed Gateway API's patterns here and then matched nothing."""
+    assert [p for p, _ in errors(obj)] == [where], errors(obj)
