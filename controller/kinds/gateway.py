@@ -26,6 +26,7 @@ from controller.kinds.common import (
 )
 from controller.kinds.cors import HTTPCORSFilter
 from controller.kinds.gwtypes import (
+    DNS,
     WILD_DNS,
     AddressType,
     ControllerName,
@@ -136,9 +137,6 @@ PathModifier = Obj({"type": Str(enum=("ReplaceFullPath", "ReplacePrefixMatch")),
                    checks=(_check_path_modifier,))
 
 
-_PRECISE_HOSTNAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
-
-
 def precise_hostname_reason(text: str) -> str | None:
     """Why `text` is not Gateway API's PreciseHostname (a redirect's or a rewrite's `hostname`: the
     CRD's pattern, 1 to 253 characters), or None. The waypoint writes it as the Location's or the
@@ -152,7 +150,7 @@ def precise_hostname_reason(text: str) -> str | None:
         return "must be a hostname, got an empty string"
     if len(text) > 253:
         return f"must be at most 253 characters, got {len(text)}"
-    if not _PRECISE_HOSTNAME.fullmatch(text):
+    if not DNS.fullmatch(text):
         return (f'must be a hostname (Gateway API PreciseHostname: lowercase letters, digits, "-" and "."; '
                 f'no port, no wildcard), got "{text}"')
     return None
@@ -494,7 +492,7 @@ def _check_addresses(addresses: list[dict[str, Any]], path: str, errs: Errors) -
     seen: set[tuple[str, str]] = set()
     for i, a in enumerate(addresses):
         kind, v = a.get("type", "IPAddress"), a["value"]
-        if kind == "Hostname" and not WILD_DNS.match(v):
+        if kind == "Hostname" and not WILD_DNS.fullmatch(v):
             errs.append((f"{path}[{i}]", "Hostname value must be empty or contain only valid characters (matching "
                                          f"{WILD_DNS.pattern}), got {v!r}"))
         if kind in ("IPAddress", "Hostname") and (kind, v) in seen:

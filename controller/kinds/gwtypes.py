@@ -62,6 +62,5 @@ Namespace = typed(NAMESPACE, "a namespace name (a lower-case RFC 1123 label)", 6
 SectionName = typed(DNS, "a section name (a lower-case RFC 1123 subdomain)")
 Hostname = typed(WILD_DNS, "a lower-case DNS name, with an optional leading *. label")
 SniHostname = typed(WILD_DNS, "a lower-case DNS name, with an optional leading *. label", extra=_not_an_ip)
-PreciseHostname = typed(DNS, "a lower-case DNS name (no wildcard)")
 ControllerName = typed(CONTROLLER, "a domain-prefixed path such as example.com/gateway-controller")
 AddressType = typed(ADDRESS_TYPE, "IPAddress, Hostname, NamedAddress or a domain-prefixed type")

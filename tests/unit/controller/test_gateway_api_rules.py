@@ -327,6 +327,11 @@ def test_a_grpcroute_has_no_cors_filter() -> None:
     ("spec.listeners[0].hostname", {"apiVersion": GW, "kind": "Gateway", "metadata": {"name": "g", "namespace": "demo"},
                                     "spec": {"gatewayClassName": "ambit", "listeners": [
                                         {"name": "h", "port": 80, "protocol": "HTTP", "hostname": "a.example\n"}]}}),
+    ("spec.addresses[0]", {"apiVersion": GW, "kind": "Gateway", "metadata": {"name": "g", "namespace": "demo"},
+                           "spec": {"gatewayClassName": "other", "addresses": [{"type": "Hostname", "value": "a.example\n"}],
+                                    "listeners": [{"name": "h", "port": 80, "protocol": "HTTP"}]}}),
+    ("spec.rules[0].filters[0].requestRedirect.hostname", route({"filters": [
+        {"type": "RequestRedirect", "requestRedirect": {"hostname": "b.example\n"}}]})),
 ])
 def test_a_typed_string_with_a_trailing_line_break_is_refused(where: str, obj: dict[str, Any]) -> None:
     """Python's `$` matches before a final newline, Go's (the API server's) does not: `a.example\\n`
