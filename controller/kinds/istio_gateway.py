@@ -21,6 +21,7 @@ import re
 from typing import Any
 
 from controller.kinds.common import Labels, Port, check_ingress_port
+from controller.kinds.hostnames import host_reason
 from controller.kinds.schema import Arr, Bool, Errors, Obj, Str, join
 
 SERVER_PROTOCOLS = ("HTTP", "HTTPS", "TLS", "TCP")
@@ -97,7 +98,7 @@ def _check_host(value: str) -> str | None:
         return "the host part must not be empty"
     if "*" in host and host != "*" and not (host.startswith("*.") and "*" not in host[2:]):
         return f'"{host}": a wildcard must be "*" or a leading "*." label'
-    return None
+    return host_reason(host, ip=True)
 
 
 def _check_server(value: dict[str, Any], path: str, errs: Errors) -> None:

@@ -41,11 +41,19 @@ from controller.kinds.common import (
     request_path_reason,
 )
 from controller.kinds.cors import CorsPolicy
+from controller.kinds.hostnames import host_matches, host_reason
 from controller.kinds.schema import Arr, Bool, Errors, Int, Map, Num, Obj, Str, join
 
 # -- VirtualService --------------------------------------------------------------------------------
 
-Destination = Obj({"host": Str(min_len=1), "subset": Str(), "port": PortSelector}, required=("host",))
+def _destination_host_reason(text: str) -> str | None:
+    if text == "*":
+        return 'a destination names one host: "*" names none (Istio refuses it too)'
+    return host_reason(text)
+
+
+Destination = Obj({"host": Str(min_len=1, valid=_destination_host_reason), "subset": Str(), "port": PortSelector},
+                  required=("host",))
 
 HeaderValues = Map(Str(valid=header_value_reason))
 Headers = Obj({
@@ -294,10 +302,31 @@ def _check_vs(value: dict[str, Any], path: str, errs: Errors) -> None:
                              "cannot delegate again: only one level of delegation (Istio refuses this too)"))
     if not value.get("http") and not value.get("tcp") and not value.get("tls"):
         errs.append((path, "at least one of http, tcp or tls must be set"))
+    _check_vs_hosts(value, path, errs)
+
+
+def _check_vs_hosts(value: dict[str, Any], path: str, errs: Errors) -> None:
+    """Istio's validateVirtualService on `hosts`: `*` only at gateways (bound to the mesh it would
+    take every Service's traffic), and no two hosts that match each other (both would claim the
+    same requests). Checked once every host is a valid name (`host_reason`), as Istio does."""
+    hosts = [h for h in value.get("hosts") or [] if isinstance(h, str)]
+    if any(host_reason(h, ip=True) for h in hosts):
+        return
+    gateways = value.get("gateways") or []
+    mesh = not gateways or "mesh" in gateways
+    for i, h in enumerate(hosts):
+        if mesh and h == "*":
+            errs.append((f"{join(path, 'hosts')}[{i}]", 'the wildcard host "*" is not allowed for a VirtualService '
+                         "bound to the mesh (Istio refuses it too): name the Services it is for"))
+    for i, a in enumerate(hosts):
+        for j in range(i + 1, len(hosts)):
+            if host_matches(a, hosts[j]):
+                errs.append((f"{join(path, 'hosts')}[{j}]", f'duplicate hosts in the VirtualService: "{a}" '
+                             f'(hosts[{i}]) and "{hosts[j]}" match the same requests (Istio refuses this too)'))
 
 
 VirtualServiceSpec = Obj({
-    "hosts": Arr(Str(min_len=1)),
+    "hosts": Arr(Str(min_len=1, valid=lambda text: host_reason(text, ip=True))),
     "gateways": Strings,
     "http": Arr(HTTPRoute),
     "tcp": Arr(TCPRoute),
@@ -600,7 +629,7 @@ def _check_dr(value: dict[str, Any], path: str, errs: Errors) -> None:
 
 
 DestinationRuleSpec = Obj({
-    "host": Str(min_len=1),
+    "host": Str(min_len=1, valid=host_reason),
     "trafficPolicy": TrafficPolicy,
     "subsets": Arr(Subset),
     "exportTo": Strings,

@@ -11,11 +11,11 @@ namespace as its endpoints (controller.translate.entrypods), with Istio's rules:
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from typing import Any
 
 from controller.kinds.common import Cidr, Labels, Port, Strings
+from controller.kinds.hostnames import is_ip
 from controller.kinds.schema import Arr, Errors, Int, Map, Obj, Str, join
 
 RESOLUTIONS = ("NONE", "STATIC", "DNS", "DNS_ROUND_ROBIN", "DYNAMIC_DNS")
@@ -55,14 +55,6 @@ def _check_endpoint_address(text: str) -> str | None:
     if text.startswith("unix://"):
         return "Unix domain socket endpoints are not supported by Ambit: ztunnel dials TCP only"
     return None
-
-
-def is_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
 
 
 ServicePort = Obj({

@@ -93,11 +93,14 @@ def _host_parts(host: str, gw_ns: str) -> tuple[str, str]:
     """A server host as (namespace allowed, hostname): `*` for any namespace; "" for any hostname."""
     ns, _, name = host.rpartition("/")
     ns = {"": "*", ".": gw_ns}.get(ns, ns)
-    return ns, "" if name == "*" else name
+    return ns, "" if name == "*" else name.lower()
 
 
 def _vhosts(server_host: str, vs: Obj) -> list[str]:
-    names = list((vs.get("spec") or {}).get("hosts") or [])
+    """The virtual hosts a VirtualService serves on a server host. Lower-cased, as the server's
+    (`_host_parts`): host names are case-insensitive and the gateway looks a request's authority
+    and SNI up lower-cased, so `Shop.example.com` as written would match no request."""
+    names = [n.lower() for n in (vs.get("spec") or {}).get("hosts") or []]
     return route_hostnames(server_host, [] if "*" in names else names)
 
 

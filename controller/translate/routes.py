@@ -77,23 +77,33 @@ class Hosts:
     def __init__(self, services: list[Service], cluster_domain: str):
         self.cd = cluster_domain
         self.by_host = {s.hostname: s for s in services}
+        # host names are case-insensitive (DNS; Envoy matches domains so): `Reviews` names the
+        # Service `reviews`, and a ServiceEntry's `API.example.com` is matched as it is written or
+        # in any case. The registry's spelling wins, so routes key on what requests resolve to.
+        self._folded = {h.lower(): h for h in sorted(self.by_host, reverse=True)}
 
     def fqdn(self, host: str, ns: str) -> str:
         if "." not in host:
-            return f"{host}.{ns}.svc.{self.cd}"
-        if host.endswith(".svc"):
-            return f"{host}.{self.cd}"
-        if host.count(".") == 1 and f"{host}.svc.{self.cd}" in self.by_host:
-            return f"{host}.svc.{self.cd}"
-        return host
+            return self._known(f"{host}.{ns}.svc.{self.cd}")
+        if host.lower().endswith(".svc"):
+            return self._known(f"{host}.{self.cd}")
+        if host.count(".") == 1 and (short := self._known(f"{host}.svc.{self.cd}")) in self.by_host:
+            return short
+        return self._known(host)
+
+    def _known(self, name: str) -> str:
+        """`name` as the registry spells it, if it has it in any case; else as written."""
+        if name in self.by_host:
+            return name
+        return self._folded.get(name.lower(), name)
 
     def expand(self, host: str, ns: str) -> list[str]:
         """Every FQDN a (possibly wildcard) host selects."""
         if host == "*":
             return sorted(self.by_host)
         if host.startswith("*."):
-            suffix = host[1:]
-            return sorted(h for h in self.by_host if h.endswith(suffix))
+            suffix = host[1:].lower()
+            return sorted(h for h in self.by_host if h.lower().endswith(suffix))
         return [self.fqdn(host, ns)]
 
     def routes(self, fqdn: str) -> WaypointRoutes:

@@ -25,7 +25,7 @@ from __future__ import annotations
 from typing import Any
 
 from ambit.model import Endpoint, Service, ServicePort
-from controller.kinds.serviceentry import is_ip
+from controller.kinds.hostnames import is_ip
 from controller.translate.autoalloc import Allocation
 from controller.translate.blame import blame
 from controller.translate.distribution import traffic_distribution

@@ -318,7 +318,7 @@ def rich() -> list[Obj]:
                         {"port": {"number": 8444, "name": "https", "protocol": "HTTPS"}, "hosts": ["edge.example.com"],
                          "tls": {"mode": "SIMPLE", "credentialName": "cert"}}]}),
         _obj(NET, "VirtualService", "edge", "demo", {
-            "hosts": ["*"], "gateways": ["edge", "mesh"],
+            "hosts": ["*.example.com"], "gateways": ["edge", "mesh"],
             "http": [{"match": [{"uri": {"prefix": "/edge"}}], "route": [{"destination": {"host": "echo", "port": {"number": 8080}}}]}]}),
     ]
 

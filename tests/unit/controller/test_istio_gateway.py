@@ -93,7 +93,7 @@ def test_https_with_credential_name_host_intersection_and_namespace_form() -> No
 def test_https_redirect_and_match_level_gateways() -> None:
     redirect = {"port": {"number": 80, "name": "http-redirect", "protocol": "HTTP"}, "hosts": ["a.example.com"],
                 "tls": {"httpsRedirect": True}}
-    narrowed = vs("narrow", ["*"], ["bookinfo-gateway", "mesh"])
+    narrowed = vs("narrow", ["*.example.com"], ["bookinfo-gateway", "mesh"])   # "*" is refused with "mesh"
     narrowed["spec"]["http"][0]["match"] = [{"uri": {"prefix": "/mesh-only"}, "gateways": ["mesh"]}]
     got, errors = listeners([istio_gateway(redirect, HTTP_8080), narrowed])
     # port 80 is also the Gateway API listener's (HTTP, no hostname): the Istio server shares it
@@ -122,7 +122,7 @@ def test_http_source_matches_are_reported_and_not_served_at_the_ingress_gateway(
     """Clients of an ingress gateway are outside the mesh: an http match on sourceLabels or
     sourceNamespace can never match there. Said, as for tls/tcp matches, and left out: a route
     whose every match is left out is not served there (it must not become a catch-all)."""
-    edge = vs("edge", ["*"], ["bookinfo-gateway", "mesh"])
+    edge = vs("edge", ["*.svc.cluster.local"], ["bookinfo-gateway", "mesh"])     # "*" is refused with "mesh"
     dest = edge["spec"]["http"][0]["route"]
     edge["spec"]["http"] = [
         {"match": [{"uri": {"prefix": "/admin"}, "sourceLabels": {"app": "curl"}}], "route": dest},
