@@ -64,6 +64,7 @@ from waypoint.authz.hold import hold as ext_authz_hold
 from waypoint.config import View, WaypointConfig
 from waypoint.http import Engine, HBONETransport, RequestRecord, UpstreamTarget, authzcall
 from waypoint.http.attempt import CONNECT_FAILURE, Outcome
+from waypoint.http.injection import MENDED
 from waypoint.http.opaque import OpaqueRelay, Refused, hold_for
 from waypoint.http.plug import Attachable, connect_tcp
 from waypoint.ingress_listen import IngressListeners
@@ -80,6 +81,7 @@ from waypoint.telemetry.clusters import ClusterCollector
 from waypoint.telemetry.extauthz import CheckCollector, CheckCounts
 from waypoint.telemetry.hook import Telemetry
 from waypoint.telemetry.loglines import LogLines
+from waypoint.telemetry.mended import MendedCollector
 from waypoint.telemetry.metrics import GATEWAY_REPORTER, HttpMetrics
 from waypoint.telemetry.mirrors import MirrorCollector
 from waypoint.telemetry.tracing_settings import settings_tracing, tracing_identity
@@ -250,6 +252,7 @@ class WaypointProxy:
             registry.register(CheckCollector(self.ext_authz))
             registry.register(ClusterCollector(self.current_clusters))
             registry.register(MirrorCollector(lambda: self.engine))
+            registry.register(MendedCollector(MENDED))
         self.contexts = tls.ContextCache()
         self.pool = HBONEClientPool(self._client_context, handshake_timeout=settings.tunnel.connect_timeout)
         self.engine: Engine | None = None

@@ -10,7 +10,9 @@ test for them (in C: a few scans per head), and when one is found anyway (a bug)
 written without it, here: CR, LF and NUL in the start line or a pseudo-header percent-encoded
 (only a request target or authority can hold text from elsewhere, and there `%0D` is what such a
 byte has to be), the other fields holding one left out, and the event logged as the bug it is, at
-most once a minute (a config or a bug that produces one produces it for every request).
+most once a minute (a config or a bug that produces one produces it for every request), and
+counted every time (`MENDED`, served as `ambit_waypoint_heads_mended_total{protocol}`: a log line
+a minute says it happens, the counter says how often, and an alert on it needs no log pipeline).
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ log = logging.getLogger("waypoint.http")
 BAD = re.compile(b"[\r\n\0]")
 _BAD_TEXT = frozenset("\r\n\0")
 _last_report = [0.0]
+# heads mended since start, by protocol ("HTTP/1.1", "HTTP/2"): process-wide, as the log is
+MENDED: dict[str, int] = {"HTTP/1.1": 0, "HTTP/2": 0}
 
 
 def percent_encoded(b: bytes) -> bytes:
@@ -38,7 +42,8 @@ def clean_text(name: str, value: str) -> bool:
 
 
 def report(what: str, names: Iterable[str | bytes]) -> None:
-    """Log that a head was mended (at most once a minute), naming the fields left out."""
+    """Count a mended head, and log it (at most once a minute), naming the fields left out."""
+    MENDED[what] = MENDED.get(what, 0) + 1
     now = time.monotonic()
     if _last_report[0] and now - _last_report[0] < 60:
         return

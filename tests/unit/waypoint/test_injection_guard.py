@@ -107,3 +107,28 @@ def test_on_the_wire_no_header_is_injected_upstream_or_downstream(version: str) 
     finally:
         proxy.close()
         origin.close()
+
+
+def test_each_mended_head_is_counted_in_the_waypoints_metrics() -> None:
+    """The log says it once a minute; the counter says how often, so an alert can fire on it
+    (`ambit_waypoint_heads_mended_total`, 0 unless something is wrong)."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from tests.unit.waypoint.test_wiring import proxy
+    from waypoint.app import WaypointProxy
+
+    reg = CollectorRegistry()
+    p = proxy()
+    WaypointProxy(p.settings, p.config, None, registry=reg)
+
+    def count(protocol: str) -> float:
+        value = reg.get_sample_value("ambit_waypoint_heads_mended_total", {"protocol": protocol})
+        assert value is not None, generate_latest(reg).decode()
+        return value
+
+    h1, h2 = count("HTTP/1.1"), count("HTTP/2")
+    for _ in range(3):      # every time, not once a minute as the log
+        encode_head(b"GET /a HTTP/1.1\r\n", [("host", "h.example"), ("x-bad", INJECTED)])
+    encode_headers([(":status", "200")], [("x-bad", INJECTED)])
+    encode_head(b"GET /a HTTP/1.1\r\n", [("host", "h.example")])        # a sound head counts nothing
+    assert (count("HTTP/1.1") - h1, count("HTTP/2") - h2) == (3, 1)
