@@ -15,7 +15,7 @@ import re
 from typing import Any
 
 from controller.kinds.common import Cidr, Labels, Port, Strings
-from controller.kinds.hostnames import is_ip
+from controller.kinds.hostnames import host_reason, is_ip
 from controller.kinds.schema import Arr, Errors, Int, Map, Obj, Str, join
 
 RESOLUTIONS = ("NONE", "STATIC", "DNS", "DNS_ROUND_ROBIN", "DYNAMIC_DNS")
@@ -44,7 +44,10 @@ def _check_host(text: str) -> str | None:
                 f'none): put the port in spec.ports, got "{text}"')
     if "/" in text or " " in text or not text.strip(".") or not _HOST_CHARS.fullmatch(text):
         return f'must be a DNS name such as "api.example.com" or a wildcard "*.example.com", got "{text}"'
-    return None
+    # the rest of Istio's ValidateWildcardDomain (empty or over-long labels, "-" at an end, a
+    # wildcard inside the name): "a..b" or "foo.*.com" was taken and named nothing a request has.
+    # A trailing dot stays allowed here: the entry's own name is the registry's, DNS answers it.
+    return host_reason(text[:-1] if text.endswith(".") else text, ip=True)
 
 
 # what a DNS name's labels may hold (Istio's ValidateWildcardDomain is stricter: no "_")

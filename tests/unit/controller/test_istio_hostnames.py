@@ -136,3 +136,38 @@ def test_an_upper_case_host_at_an_istio_gateway_serves_its_requests() -> None:
     assert ln.hostname == "shop.example.com"
     assert [(h.hostname, [r.source for r in h.http]) for h in ln.hosts] == [("shop.example.com",
                                                                              ["VirtualService/web/shop"])]
+
+
+def entry(host: str) -> Obj:
+    return {"apiVersion": NET, "kind": "ServiceEntry", "metadata": {"name": "ext", "namespace": "shop"},
+            "spec": {"hosts": [host], "ports": [{"number": 443, "name": "tls", "protocol": "TLS"}],
+                     "resolution": "DNS"}}
+
+
+@pytest.mark.parametrize("host, why", [("api..example.com", 'label "" invalid'),
+                                       ("-api.example.com", 'label "-api" invalid'),
+                                       ("api.*.example.com", 'label "*" invalid'),
+                                       ("*api.example.com", "a wildcard that is part of a label"),
+                                       ("api.example.123", 'last label "123" is all digits'),
+                                       ("a" * 64 + ".example.com", "invalid")])
+def test_a_service_entry_host_that_is_no_dns_name_is_refused(host: str, why: str) -> None:
+    assert [(p, why in r) for p, r in errors(entry(host))] == [("spec.hosts[0]", True)]
+
+
+@pytest.mark.parametrize("host", ["api.example.com", "*.example.com", "API.Example.com", "api_v2.example.com",
+                                  "api.example.com.", "10.1.2.3"])
+def test_a_service_entrys_dns_names_are_accepted_as_before(host: str) -> None:
+    assert errors(entry(host)) == []
+
+
+def test_a_route_names_a_service_entry_host_in_any_case() -> None:
+    """An entry's host is its registry Service's name as written; a VirtualService naming it in
+    another case routes it."""
+    wp = [o for o in mesh("shop") if o["kind"] in ("Namespace", "Gateway")]
+    se = entry("API.Example.com")
+    se["metadata"]["labels"] = {"istio.io/use-waypoint": "wp"}
+    route = vs(["api.example.com"], dest="api.example.com")
+    tr = translate([*wp, se, route])
+    assert tr.errors == []
+    [wr] = [w for w in tr.waypoint_routes if w.http]
+    assert wr.hostname == "API.Example.com" and [d.host for d in wr.http[0].destinations] == ["API.Example.com"]
