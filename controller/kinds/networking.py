@@ -254,10 +254,17 @@ def _check_l4_route(value: dict[str, Any], path: str, errs: Errors) -> None:
     check_weights(value.get("route") or [], join(path, "route"), errs)
 
 
+def _sni_host_reason(text: str) -> str | None:
+    """Istio's validateSniHost: a (wildcard) DNS name. An IP address passes (Istio warns that it
+    goes against RFC 6066; a client that sends one as its server name is matched by it)."""
+    return host_reason(text, ip=True)
+
+
 TCPRoute = Obj({"match": Arr(L4MatchAttributes), "route": Arr(RouteDestination, min_items=1)},
                required=("route",), checks=(_check_l4_route,))
 TLSRoute = Obj({
-    "match": Arr(L4MatchAttributes.extend({"sniHosts": Arr(Str(min_len=1), min_items=1)}, required=("sniHosts",)),
+    "match": Arr(L4MatchAttributes.extend({"sniHosts": Arr(Str(min_len=1, valid=_sni_host_reason), min_items=1)},
+                                          required=("sniHosts",)),
                  min_items=1),
     "route": Arr(RouteDestination, min_items=1),
 }, required=("match", "route"), checks=(_check_l4_route,))

@@ -171,3 +171,13 @@ def test_a_route_names_a_service_entry_host_in_any_case() -> None:
     assert tr.errors == []
     [wr] = [w for w in tr.waypoint_routes if w.http]
     assert wr.hostname == "API.Example.com" and [d.host for d in wr.http[0].destinations] == ["API.Example.com"]
+
+
+@pytest.mark.parametrize("sni, ok", [("api.example.com", True), ("*.example.com", True), ("*", True),
+                                     ("API.example.com", True), ("10.0.0.1", True), ("api..example.com", False),
+                                     ("api example.com", False), ("api.*.com", False)])
+def test_a_tls_routes_sni_hosts_are_dns_names(sni: str, ok: bool) -> None:
+    """Istio's validateSniHost: a server name that is no DNS name matches no ClientHello."""
+    obj = vs(["api.example.com"])
+    obj["spec"]["tls"] = [{"match": [{"sniHosts": [sni]}], "route": [{"destination": {"host": HOST}}]}]
+    assert [p for p, _ in errors(obj)] == ([] if ok else ["spec.tls[0].match[0].sniHosts[0]"])
