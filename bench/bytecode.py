@@ -2,12 +2,12 @@
 
 Why: a module imported without an up-to-date `.pyc` is compiled from source in the process that
 imports it, and the compiler's garbage stays in that process's heap. A ztunnel started from a tree
-without bytecode read 42.7 MB of RSS idle against 40.5 MB with it (2.2 MB anonymous, every start:
+without bytecode read 41.9-42.1 MB of RSS idle against 40.4-40.5 MB with it (1.5 MB anonymous;
 docs/performance.md, round 22). Nothing in a checkout writes the bytecode where
-PYTHONDONTWRITEBYTECODE is set (it is, in this project's dev and CI environments), and a merge or an
-edit makes the changed modules' bytecode stale. The image (deploy/Dockerfile) installs the package
-with pip, which compiles every module, so the bench compiles what is missing or stale here, once,
-before it starts anything, and then measures what a deployment runs.
+PYTHONDONTWRITEBYTECODE is set (it is on the dev machine), and an edit or a merge makes the changed
+modules' bytecode stale. The image (deploy/Dockerfile) installs the package with pip, which
+compiles every module, so the bench compiles what is missing or stale, once, before it starts
+anything, and then measures what a deployment runs.
 
 The check is the import system's own (`SourceFileLoader` with the default timestamp bytecode): the
 source's mtime and size recorded in the `.pyc` header. Only the project's packages are compiled;

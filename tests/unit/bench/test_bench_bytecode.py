@@ -1,5 +1,5 @@
 """The bench compiles the code under test before it starts a lab (bench/bytecode.py): a process that
-compiles its modules from source keeps the compiler's garbage, 2.2 MB of a fresh ztunnel's RSS."""
+compiles its modules from source keeps the compiler's garbage, 1.5 MB of a fresh ztunnel's RSS."""
 
 from __future__ import annotations
 
