@@ -15,7 +15,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from bench import charts, report, sysinfo
+from bench import bytecode, charts, report, sysinfo
 from bench import plan as planmod
 from bench import ratios as ratiomod
 from bench import targets as targetmod
@@ -77,10 +77,18 @@ def run(args: argparse.Namespace) -> int:
     from bench.runner import Runner, say
     say(f"{plan.mode} run: {len(plan.scenarios)} scenarios × {plan.reps} reps, {plan.seconds:g} s per load run; "
         f"about {plan.estimate_seconds() / 60:.0f} min")
+    # Memory figures are of processes that load bytecode, as a deployed image's do (bench/bytecode.py).
+    compiled, seen, failed = bytecode.compile_stale(bytecode.package_dirs())
+    if compiled or failed:
+        say(f"compiled the bytecode of {compiled} of {seen} modules (missing or stale)"
+            + (f"; {len(failed)} did not compile: {'; '.join(failed)[:300]}" if failed else ""))
     old_term = signal.signal(signal.SIGTERM, _terminate)
     interrupted = False
     with tempfile.TemporaryDirectory(prefix="ambit-bench-") as tmp:
         runner = Runner(plan, Path(tmp), out_dir, stamp)
+        if compiled:
+            runner.results.notes.append(f"bytecode of {compiled} of {seen} modules compiled before the run "
+                                        "(missing or stale; bench/bytecode.py)")
         try:
             runner.run()
         except KeyboardInterrupt:
