@@ -28,7 +28,9 @@ Pure: objects in, model and status out. The rules are Gateway API's (gateway.net
   them) holding a certificate and key that load; otherwise the listener is
   `ResolvedRefs=False` (`RefNotPermitted`, `InvalidCertificateRef`) and serves none of them.
 
-Routes of one virtual host keep Gateway API precedence (controller.translate.routes). TLSRoutes and
+Routes of one virtual host keep Gateway API precedence (controller.translate.routes). Listeners of
+one port are isolated (`isolate`): a Host is served by the routes of the most specific listener
+hostname it matches only, as Gateway API's listener isolation requires. TLSRoutes and
 TCPRoutes become `TcpRoute`s (weighted backends) of a virtual host (an SNI name, "*" for any; a TCP
 listener has "*" only): where two routes claim one name on a listener, the oldest wins (the index
 is oldest first), as Gateway API's conflict rule says.
@@ -513,9 +515,43 @@ def translate_ingress(idx: Index, hosts: Hosts) -> IngressResult:
                     hosts=[WaypointRoutes(hostname=h, namespace=ns_of(gw),
                                           http=[r for _, r in sorted(rs, key=lambda x: x[0])])
                            for h, rs in sorted(hosts_of.items())]))
+            isolate(model.listeners, ns_of(gw))
             out.gateways.append(model)
             out.listeners[gkey] = statuses
     return out
+
+
+def _specificity(listener_hostname: str) -> tuple[int, int]:
+    """How specific a listener hostname is: an exact name, then the longer wildcard, then none."""
+    if not listener_hostname:
+        return (0, 0)
+    return (1 if listener_hostname.startswith("*.") else 2, len(listener_hostname))
+
+
+def isolate(listeners: list[IngressListener], ns: str) -> None:
+    """Gateway API listener isolation (GatewayHTTPListenerIsolation): a request is served by the
+    routes of the one listener of its port whose hostname is the most specific match for its Host,
+    never by a less specific listener whose routes name that Host too. The gateway picks a virtual
+    host across the port's listeners by the most specific match (waypoint.ingress), so here each
+    virtual host is kept only on the listener that owns it (the most specific listener hostname
+    covering it: `*.example.com` on a listener without hostname goes, when a `*.example.com`
+    listener shares the port), and each listener with a hostname gets a virtual host of that name,
+    empty if no route gives one (404), so that a less specific listener's wildcard does not answer
+    for the Hosts it selects."""
+    by_port: dict[int, list[IngressListener]] = {}
+    for ln in listeners:
+        if ln.protocol in ("HTTP", "HTTPS"):
+            by_port.setdefault(ln.port, []).append(ln)
+    for lns in by_port.values():
+        if len(lns) < 2:
+            continue
+        names = [ln.hostname for ln in lns]
+        for ln in lns:
+            kept = [wr for wr in ln.hosts if max((n for n in names if intersect(n, wr.hostname) == wr.hostname),
+                                                 key=_specificity, default=None) == ln.hostname]
+            if ln.hostname and not any(wr.hostname == ln.hostname for wr in kept):
+                kept.append(WaypointRoutes(hostname=ln.hostname, namespace=ns))
+            ln.hosts = sorted(kept, key=lambda wr: wr.hostname)
 
 
 def _not_ingress(idx: Index, route: Obj, i: int, p: Obj, warnings: list[FieldError]) -> None:
