@@ -154,7 +154,8 @@ def views(objs: list[Obj]) -> dict[str, wi.IngressView]:
     return {g.name: wi.build(g) for g in tr.ingress.gateways}
 
 
-def send(view: wi.IngressView, host: str, path: str = "/", port: int = 80, sni: str | None = None) -> str:
+def send(view: wi.IngressView, host: str, path: str = "/", port: int = 80, sni: str | None = None,
+         method: str = "GET", headers: dict[str, str] | None = None) -> str:
     """What the gateway answers a request for `host` + `path` on `port` ("ns/service", or the status
     of a local reply): on an HTTPS port the SNI (`sni`, default the host) chose a listener first."""
     p = view.ports[port]
@@ -168,7 +169,8 @@ def send(view: wi.IngressView, host: str, path: str = "/", port: int = 80, sni: 
     vh = p.virtual_host(hostname)
     if vh is None:
         return "404"
-    head = RequestHead(method="GET", path=path, authority=host, scheme="http", headers=[])
+    head = RequestHead(method=method, path=path, authority=host, scheme="http",
+                       headers=[(k.lower(), v) for k, v in (headers or {}).items()])
     d = route(p.table, head, Downstream(destination_port=port, hostname=vh), random.Random(1))
     if isinstance(d, Forward):
         return d.service or "500"
@@ -320,6 +322,77 @@ def test_httproute_hostname_intersection() -> None:
              ("foo.wildcard.io", "/s4", "404"), ("very.specific.com", "/s4", "404"),
              ("foo.anotherwildcard.io", "/non-matching-prefix", "404")]
     assert [(h, p, send(view, h, p)) for h, p, _ in cases] == cases
+
+
+H = dict[str, str]
+
+
+@pytest.mark.parametrize(("manifest", "cases"), [
+    ("httproute-path-match-order", [
+        ("GET", "/match/exact/one", {}, V3), ("GET", "/match/exact", {}, V2), ("GET", "/match", {}, V1),
+        ("GET", "/match/prefix/one/any", {}, V2), ("GET", "/match/prefix/any", {}, V1), ("GET", "/match/any", {}, V3)]),
+    ("httproute-method-matching", [
+        ("POST", "/", {}, V1), ("GET", "/", {}, V2), ("HEAD", "/", {}, "404"), ("GET", "/path1", {}, V1),
+        ("PUT", "/", {"version": "one"}, V2), ("POST", "/path2", {"version": "two"}, V3), ("PATCH", "/path3", {}, V1),
+        ("DELETE", "/path4", {"version": "three"}, V1), ("PUT", "/", {}, "404"), ("DELETE", "/path4", {}, "404"),
+        ("PATCH", "/path5", {}, V1), ("PATCH", "/", {"version": "four"}, V2)]),
+    ("httproute-exact-path-matching", [
+        ("GET", "/one", {}, V1), ("GET", "/two", {}, V2), ("GET", "/", {}, "404"), ("GET", "/one/example", {}, "404"),
+        ("GET", "/two/", {}, "404"), ("GET", "/Two", {}, "404")]),
+    ("httproute-header-matching", [
+        ("GET", "/", {"Version": "one"}, V1), ("GET", "/", {"Version": "two"}, V2),
+        ("GET", "/", {"Version": "two", "Color": "orange"}, V1), ("GET", "/", {"Version": "two", "Color": "blue"}, V2),
+        ("GET", "/", {"Color": "orange"}, "404"), ("GET", "/", {"Some-Other-Header": "one"}, "404"),
+        ("GET", "/", {"Color": "blue"}, V1), ("GET", "/", {"Color": "green"}, V1), ("GET", "/", {"Color": "red"}, V2),
+        ("GET", "/", {"Color": "yellow"}, V2), ("GET", "/", {"Color": "purple"}, "404")]),
+])
+def test_httproute_matching_at_the_gateway(manifest: str, cases: list[tuple[str, str, H, str]]) -> None:
+    """HTTPRoutePathMatchOrder, HTTPRouteMethodMatching, HTTPRouteExactPathMatching,
+    HTTPRouteHeaderMatching: the gateway's manifests (parentRef `same-namespace`), through the
+    ingress's listener and virtual host selection to `route()`."""
+    objs = base() + valid(load(manifest))
+    view = views(objs)["same-namespace"]
+    assert [(m, p, h, send(view, "example.com", p, method=m, headers=h)) for m, p, h, _ in cases] == cases
+
+
+def test_httproute_matching_across_routes() -> None:
+    """HTTPRouteMatchingAcrossRoutes: two routes' rules on one host keep Gateway API's precedence."""
+    view = views(base() + valid(load("httproute-matching-across-routes")))["same-namespace"]
+    cases = [("example.com", "/", {}, V1), ("example.com", "/example", {}, V1), ("example.net", "/example", {}, V1),
+             ("example.com", "/example", {"Version": "one"}, V1), ("example.com", "/v2", {}, V2),
+             ("example.net", "/v2", {}, V1), ("example.com", "/v2/example", {}, V2),
+             ("example.com", "/", {"Version": "two"}, V2)]
+    assert [(host, p, h, send(view, host, p, headers=h)) for host, p, h, _ in cases] == cases
+
+
+@pytest.mark.parametrize(("gw", "port", "authority", "cases"), [
+    ("same-namespace", 80, "192.0.2.1", [
+        ("/scheme-nil-and-port-nil", "http://example.org"), ("/scheme-nil-and-port-80", "http://example.org"),
+        ("/scheme-nil-and-port-8080", "http://example.org:8080"), ("/scheme-https-and-port-nil", "https://example.org"),
+        ("/scheme-https-and-port-443", "https://example.org"),
+        ("/scheme-https-and-port-8443", "https://example.org:8443")]),
+    ("same-namespace-with-http-listener-on-8080", 8080, "192.0.2.1:8080", [
+        ("/scheme-nil-and-port-nil", "http://example.org:8080"), ("/scheme-nil-and-port-80", "http://example.org"),
+        ("/scheme-https-and-port-nil", "https://example.org")]),
+    ("same-namespace-with-https-listener", 443, "example.org", [
+        ("/scheme-nil-and-port-nil", "https://example.org"), ("/scheme-nil-and-port-443", "https://example.org"),
+        ("/scheme-nil-and-port-8443", "https://example.org:8443"), ("/scheme-http-and-port-nil", "http://example.org"),
+        ("/scheme-http-and-port-80", "http://example.org"), ("/scheme-http-and-port-8080", "http://example.org:8080")]),
+])
+def test_httproute_redirect_port_and_scheme(gw: str, port: int, authority: str, cases: list[tuple[str, str]]) -> None:
+    """HTTPRouteRedirectPortAndScheme (extended): without a port the redirect keeps the listener's
+    (no scheme) or takes the scheme's well-known one, which is left out of the Location."""
+    p = views(base() + valid(load("httproute-redirect-port-and-scheme")))[gw].ports[port]
+    scheme = "https" if port == 443 else "http"
+    got = []
+    for path, _ in cases:
+        vh = p.virtual_host(authority.split(":")[0])
+        assert vh is not None
+        d = route(p.table, RequestHead(method="GET", path=path, authority=authority, scheme=scheme, headers=[]),
+                  Downstream(destination_port=port, hostname=vh), random.Random(1))
+        assert isinstance(d, LocalReply) and d.status == 302, d
+        got.append((path, dict(d.headers)["location"].removesuffix(path)))
+    assert got == cases
 
 
 def test_httproute_listener_hostname_matching() -> None:
