@@ -282,11 +282,16 @@ def _check_timeouts(value: dict[str, Any], path: str, errs: Errors) -> None:
 
 
 def _check_backend(value: dict[str, Any], path: str, errs: Errors) -> None:
-    if value.get("kind", "Service") == "Service" and value.get("group", "") in ("", "core"):
-        if value.get("port") is None:
-            errs.append((join(path, "port"), "required when the backend is a Service"))
-    else:
-        errs.append((join(path, "kind"), f"only Service backends are supported, got \"{value.get('kind')}\""))
+    """A Service backend needs its port (Gateway API's CEL rule). A backend of another group or kind
+    is valid: the translation makes it `ResolvedRefs=False InvalidKind` and answers its share of
+    requests 500, as Gateway API requires (controller.translate.ingress.backend_verdicts)."""
+    if is_service_backend(value) and value.get("port") is None:
+        errs.append((join(path, "port"), "required when the backend is a Service"))
+
+
+def is_service_backend(ref: dict[str, Any]) -> bool:
+    """Whether a backendRef names a Service (the only backend kind Ambit resolves)."""
+    return ref.get("kind", "Service") == "Service" and ref.get("group", "") in ("", "core")
 
 
 def BackendRef(filter_schema: Obj, check_filters: Check) -> Obj:  # noqa: N802 - a schema constructor

@@ -52,7 +52,7 @@ from ambit.model import (
     TlsCertificate,
     WaypointRoutes,
 )
-from controller.kinds.gateway import INGRESS_CLASSES, TLS_MIN_VERSION_OPTION
+from controller.kinds.gateway import INGRESS_CLASSES, TLS_MIN_VERSION_OPTION, is_service_backend
 from controller.translate.blame import blame
 from controller.translate.index import Index, name_of, ns_of
 from controller.translate.routes import Hosts, gateway_api_routes, gw_backend
@@ -235,8 +235,9 @@ def granted(grants: list[Obj], frm: tuple[str, str, str], to: tuple[str, str, st
 
 @dataclass(frozen=True)
 class BackendVerdict:
-    """A backendRef that does not resolve: where it is, its host ("name.ns") and Gateway API's
-    `ResolvedRefs` verdict (RefNotPermitted, BackendNotFound)."""
+    """A backendRef that does not resolve: where it is, its host ("name.ns"; "" for a backend that
+    is no Service, which `gw_backend` never resolves) and Gateway API's `ResolvedRefs` verdict
+    (RefNotPermitted, BackendNotFound, InvalidKind)."""
 
     path: str                   # spec.rules[0].backendRefs[1]
     host: str
@@ -253,6 +254,11 @@ def backend_verdicts(route: Obj, services: set[str], grants: list[Obj],
         for j, b in enumerate(rule.get("backendRefs") or []):
             bns = b.get("namespace") or rns
             ref = f"{bns}/{b['name']}"
+            if not is_service_backend(b):
+                out.append(BackendVerdict(f"spec.rules[{i}].backendRefs[{j}]", "", (
+                    False, "InvalidKind", f"backend {b.get('kind')} {ref} (group {b.get('group') or 'core'}): only "
+                                          "Services are supported backends")))
+                continue
             if bns != rns and ref not in exempt and not granted(
                     grants, (GATEWAY_GROUP, route.get("kind", "HTTPRoute"), rns), ("", "Service", bns, b["name"])):
                 why = (False, "RefNotPermitted",
@@ -274,7 +280,8 @@ def resolve_backends(route: Obj, services: set[str], grants: list[Obj] | None = 
 
 
 def resolved_refs(found: list[BackendVerdict]) -> tuple[bool, str, str]:
-    """The route's `ResolvedRefs`: a reference not permitted first, then a missing Service."""
+    """The route's `ResolvedRefs`: a reference not permitted first, then the first other one (a
+    missing Service, a backend of a kind that is not Service)."""
     worst = sorted(found, key=lambda v: v.resolved[1] != "RefNotPermitted")
     return worst[0].resolved if worst else (True, "ResolvedRefs", "")
 

@@ -24,7 +24,7 @@ the pods and the OS error. The pods retry the bind; their next report after a su
 HTTPRoute, GRPCRoute, TLSRoute and TCPRoute: one `parents[]` entry per parentRef naming an ingress Gateway,
 and (HTTPRoute, GRPCRoute) per mesh parent: a Service or a waypoint Gateway (controller.translate.parents),
 with `controllerName`, `Accepted` (NotAllowedByListeners, NoMatchingListenerHostname, NoMatchingParent)
-and `ResolvedRefs` (BackendNotFound, RefNotPermitted). Entries other controllers wrote are kept.
+and `ResolvedRefs` (BackendNotFound, RefNotPermitted, InvalidKind). Entries other controllers wrote are kept.
 
 A route whose newest version validation refused never reaches the translation (its last valid
 version stays in force), so its status comes from `refused_route_status` instead: `Accepted=False

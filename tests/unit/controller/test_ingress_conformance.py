@@ -593,6 +593,28 @@ def test_tlsroute_hostname_intersection(gw: str, cases: list[tuple[str, str | No
     assert got == cases
 
 
+@pytest.mark.parametrize("kind", ["HTTPRoute", "TLSRoute"])
+def test_backendref_unknown_kind(kind: str) -> None:
+    """HTTPRouteInvalidBackendRefUnknownKind, TLSRouteInvalidBackendRefUnknownKind: the route is
+    accepted, `ResolvedRefs=False InvalidKind`, and that backend's share of requests gets 500 (its
+    connections are closed), even where a Service has the name it gives."""
+    objs = base() + valid(load(f"{kind.lower()}-invalid-backendref-unknown-kind"))
+    r = next(o for o in objs if o["kind"] == kind)
+    gw = r["spec"]["parentRefs"][0]["name"]
+    assert route_conds(statuses(objs), r["metadata"]["name"], gw, kind) == {
+        "Accepted": ("True", "Accepted"), "ResolvedRefs": ("False", "InvalidKind")}
+    view = views(objs)[gw]
+    if kind == "HTTPRoute":
+        assert send(view, "example.com", "/v2") == "500"
+        # and `ambit apply` says so (ambit analyze: AMB0139)
+        assert [(n.path, n.cause) for n in translate(objs).parents.notices if "unknown-kind" in n.ref] == [
+            ("spec.rules[0].backendRefs[0]", "InvalidKind")]
+    else:
+        port = view.ports[443]
+        [dest] = port.l4[port.l4_host("example.com") or ""].destinations
+        assert dest.service == ""
+
+
 # -- what Ambit refuses where upstream expects a status (docs/ingress.md, "Conformance") -----------
 
 @pytest.mark.parametrize(("manifest", "name", "path"), [
