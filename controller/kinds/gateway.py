@@ -623,8 +623,10 @@ GatewayTLS = Obj({
 
 def _check_gateway_tls(value: dict[str, Any], path: str, errs: Errors) -> None:
     """spec.tls: client certificate validation of an ingress Gateway's HTTPS listeners. A waypoint
-    has no such listeners (its clients are meshed, authenticated by HBONE), and a perPort entry
-    must name a port some HTTPS listener serves (else it would validate nothing)."""
+    has no such listeners (its clients are meshed, authenticated by HBONE). A perPort port is given
+    once. (A `default` or a perPort entry that no HTTPS listener takes is valid, as Gateway API
+    wants it, and leaves the other listeners alone: the translation warns that it applies to
+    nothing, controller.translate.ingress.frontend_warnings.)"""
     tls, tp = value.get("tls"), join(path, "tls")
     if tls is None:
         return
@@ -632,20 +634,11 @@ def _check_gateway_tls(value: dict[str, Any], path: str, errs: Errors) -> None:
         errs.append((tp, "spec.tls is not supported by Ambit on a waypoint: its clients are meshed workloads, authenticated "
                          "by HBONE mutual TLS with their mesh identities"))
         return
-    https = {ln["port"] for ln in value.get("listeners") or [] if ln.get("protocol") == "HTTPS"}
-    frontend = tls.get("frontend") or {}
-    if frontend.get("default") is not None and not https:
-        errs.append((join(join(tp, "frontend"), "default"), "the Gateway has no HTTPS listener: this validation "
-                                                            "would apply to nothing (client certificates are "
-                                                            "validated where the gateway terminates TLS)"))
     seen: set[int] = set()
-    for i, pp in enumerate(frontend.get("perPort") or []):
-        p = f"{join(join(tp, 'frontend'), 'perPort')}[{i}].port"
+    for i, pp in enumerate((tls.get("frontend") or {}).get("perPort") or []):
         if pp["port"] in seen:
-            errs.append((p, f"port {pp['port']} is configured twice: each port takes one validation"))
-        elif pp["port"] not in https:
-            errs.append((p, f"no HTTPS listener is on port {pp['port']}: this validation would apply to nothing "
-                            "(client certificates are validated where the gateway terminates TLS)"))
+            errs.append((f"{join(join(tp, 'frontend'), 'perPort')}[{i}].port",
+                         f"port {pp['port']} is configured twice: each port takes one validation"))
         seen.add(pp["port"])
 
 

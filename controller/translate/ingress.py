@@ -367,6 +367,26 @@ def frontend_validation(gw: Obj, port: int) -> Obj | None:
     return (frontend.get("default") or {}).get("validation")
 
 
+def frontend_warnings(gw: Obj) -> list[FieldError]:
+    """Client certificate validation that no HTTPS listener takes (a `default` on a Gateway without
+    HTTPS listeners, a perPort entry for a port without one): valid, as Gateway API wants it (it
+    must not touch the port's other listeners: conformance
+    GatewayInvalidDefaultFrontendClientCertificateValidation), and said, since it validates nothing."""
+    https = {int(ln["port"]) for ln in (gw.get("spec") or {}).get("listeners") or [] if ln.get("protocol") == "HTTPS"}
+    frontend = (((gw.get("spec") or {}).get("tls") or {}).get("frontend")) or {}
+    why = "(client certificates are validated where the gateway terminates TLS); it is not applied"
+    ref = f"Gateway/{ns_of(gw)}/{name_of(gw)}"
+    out = []
+    if frontend.get("default") is not None and not https:
+        out.append(FieldError(ref, "spec.tls.frontend.default",
+                              f"the Gateway has no HTTPS listener: this validation applies to nothing {why}"))
+    for i, pp in enumerate(frontend.get("perPort") or []):
+        if int(pp["port"]) not in https:
+            out.append(FieldError(ref, f"spec.tls.frontend.perPort[{i}].port", f"no HTTPS listener is on port "
+                                  f"{pp['port']}: this validation applies to nothing {why}"))
+    return out
+
+
 def _ca_ref(gw: Obj, ref: Obj, configmaps: dict[str, Obj], secrets: dict[str, Obj],
             grants: list[Obj]) -> tuple[str | None, tuple[bool, str, str]]:
     """One caCertificateRef: its PEM bundle, or None and Gateway API's ResolvedRefs verdict."""
@@ -487,6 +507,7 @@ def translate_ingress(idx: Index, hosts: Hosts) -> IngressResult:
     for gw in gateways:
         with blame(gw):
             gkey = f"{ns_of(gw)}/{name_of(gw)}"
+            out.warnings.extend(frontend_warnings(gw))
             model = IngressGateway(name_of(gw), ns_of(gw), (gw.get("spec") or {})["gatewayClassName"])
             statuses = []
             conflicts = conflicted((gw.get("spec") or {}).get("listeners") or [])

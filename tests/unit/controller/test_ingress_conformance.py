@@ -15,8 +15,8 @@ backend); tests/lab/test_ingress_conformance.py sends some of it with real curl.
 Adapted, as upstream's suite itself does at run time: `{GATEWAY_CLASS_NAME}` is `ambit`,
 `{GATEWAY_CONTROLLER_NAME}` `ambit.io/gateway-controller`; Namespaces
 carry the `kubernetes.io/metadata.name` label the API server adds; the suite's generated Secrets
-(`tls-validity-checks-certificate`, and `certificate` in gateway-conformance-web-backend) are made
-here; each ingress Gateway's LoadBalancer Service has an address (the cloud's part).
+(`tls-validity-checks-certificate`, and `certificate` in gateway-conformance-web-backend) and CA
+ConfigMaps are made here; each ingress Gateway's LoadBalancer Service has an address (the cloud's part).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import yaml
 from controller.translate import translate
 from controller.translate.ingress import CONTROLLER_NAME
 from controller.validation import validate_object
-from controller.waypoints import gatewayclasses, ingress_status
+from controller.waypoints import gatewayclasses, ingress_status, labstatus
 from tests.unit.controller.test_ingress import tls_secret
 from waypoint import ingress as wi
 from waypoint.request import Downstream, Forward, LocalReply, RequestHead
@@ -67,8 +67,12 @@ def base() -> list[Obj]:
     objs = [o for o in load("base-manifests") if o["kind"] in ("Namespace", "Service", "Gateway")]
     for i, o in enumerate(o for o in objs if o["kind"] == "Service"):
         o["spec"]["clusterIP"] = f"10.96.7.{i + 1}"
+    ca = tls_secret("ca", ns=INFRA, host="conformance CA")["stringData"]["tls.crt"]
     return objs + [tls_secret("tls-validity-checks-certificate", ns=INFRA, host="example.org"),
-                   tls_secret("certificate", ns=WEB)]
+                   tls_secret("certificate", ns=WEB)] + [
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "namespace": ns}, "data": {"ca.crt": ca}}
+        for name, ns in (("tls-validity-checks-ca-certificate", INFRA),
+                         ("tls-validity-checks-per-port-ca-certificate", INFRA), ("web-backend-cm", WEB))]
 
 
 def valid(objs: list[Obj]) -> list[Obj]:
@@ -112,13 +116,19 @@ def listeners_match(st: Obj, expected: list[Obj]) -> None:
     for e in expected:
         a = got[e["name"]]
         kinds = [(k.get("group", GROUP), k["kind"]) for k in a["supportedKinds"]]
-        if not e["kinds"]:
+        if e["kinds"] == []:
             assert kinds == [], (e["name"], kinds)
-        assert all((GROUP, k) in kinds for k in e["kinds"]), (e["name"], kinds)
+        assert all((GROUP, k) in kinds for k in e["kinds"] or ()), (e["name"], kinds)
         assert a["attachedRoutes"] == e["attached"], (e["name"], a["attachedRoutes"])
         have = {c["type"]: (c["status"], c["reason"]) for c in a["conditions"]}
         for t, s, r in e["conditions"]:
             assert t in have and have[t][0] == s and (not r or have[t][1] == r), (e["name"], t, have.get(t))
+
+
+def listener_has(st: Obj, name: str, *conds: tuple[str, str, str]) -> None:
+    """upstream's GatewayListenerMustHaveConditions: the listener's conditions only."""
+    [ln] = [ln for ln in st["listeners"] if ln["name"] == name]
+    listeners_match({"listeners": [ln]}, [listener(name, [], ln["attachedRoutes"], *conds) | {"kinds": None}])
 
 
 def gateway_status(out: dict[tuple[str, str, str], Obj], name: str) -> Obj:
@@ -277,6 +287,47 @@ def test_gatewayclass_observed_generation_bump() -> None:
     assert st is not None
     assert [(c["type"], c["status"], c["reason"], c["observedGeneration"]) for c in st["conditions"]] == [
         ("Accepted", "False", "Unsupported", 2)]
+
+
+def test_gateway_invalid_parameters_ref() -> None:
+    """GatewayInvalidParametersRef: Accepted=False InvalidParameters, at the Gateway's generation."""
+    objs = base() + valid(load("gateway-invalid-parameters-ref"))
+    tr = translate(objs)
+    out = ingress_status.desired(objs + load_balancers(objs), tr.ingress,
+                                 invalid=labstatus.invalid_parameters(objs, "ambit-system"))
+    st = gateway_status(out, "gateway-invalid-parameters-ref")
+    assert {c["type"]: (c["status"], c["reason"]) for c in st["conditions"]}["Accepted"] == (
+        "False", "InvalidParameters")
+    latest(st, 1)
+
+
+def test_gateway_with_invalid_client_certificate_validation() -> None:
+    """GatewayWithInvalidClientCertificateValidation (extended): each listener's own CA references
+    decide its status; the others are served."""
+    st = gateway_status(status_of("gateway-with-invalid-clientcertificate-validation"),
+                        "gateway-with-invalid-client-cert-validation")
+    not_valid = (cond("Accepted", "False", "NoValidCACertificate"), cond("Programmed", "False"))
+    listener_has(st, "https", cond("ResolvedRefs", "True"), cond("Accepted", "True"), cond("Programmed", "True"))
+    listener_has(st, "https-unresolved", cond("ResolvedRefs", "False", "InvalidCACertificateRef"), *not_valid)
+    listener_has(st, "https-invalid-kind", cond("ResolvedRefs", "False", "InvalidCACertificateKind"), *not_valid)
+    listener_has(st, "https-grant-missing", cond("ResolvedRefs", "False", "RefNotPermitted"), *not_valid)
+
+
+def test_gateway_invalid_default_frontend_client_certificate_validation() -> None:
+    """GatewayInvalidDefaultFrontendClientCertificateValidation (extended): a `perPort` validation
+    on a port without HTTPS listeners does not touch the HTTP listener there (it is served; Ambit
+    warns that the entry applies to nothing), and an unusable `default` leaves the HTTPS listener
+    unserved, Accepted=False NoValidCACertificate."""
+    objs = base() + valid(load("gateway-invalid-default-frontend-client-certificate-validation"))
+    name = "invalid-default-client-validation-config"
+    st = gateway_status(statuses(objs), name)
+    listener_has(st, "http", cond("ResolvedRefs", "True"), cond("Accepted", "True"), cond("Programmed", "True"))
+    listener_has(st, "https", cond("ResolvedRefs", "False", "InvalidCACertificateRef"),
+                 cond("Accepted", "False", "NoValidCACertificate"), cond("Programmed", "False"))
+    view = views(objs)[name]
+    assert sorted(view.ports) == [80] and send(view, "example.org") == V1
+    assert [(w.path, "applies to nothing" in w.reason) for w in translate(objs).ingress.warnings] == [
+        ("spec.tls.frontend.perPort[0].port", True)]
 
 
 def _isolation_cases() -> list[tuple[str, str, str]]:
