@@ -59,16 +59,21 @@ def address(lab: Lab, gateway: str) -> str | None:
     return addrs[0] if programmed and addrs else None
 
 
-def send(lab: Lab, ip: str, host: str, path: str) -> str:
-    """curl from outside the mesh: the answering backend's pod name, or the status code."""
+def request(lab: Lab, ip: str, host: str, path: str, *headers: str) -> tuple[str, dict[str, Any]]:
+    """curl from outside the mesh: the status code and the echo reply (what the backend saw)."""
+    opts = [x for h in headers for x in ("-H", h)]
     p = subprocess.run(["ip", "netns", "exec", outside.netns(LabNames(lab.name)), "curl", "-sS", "-m", "10",
-                        "-H", f"Host: {host}", "-w", "\n%{http_code}", f"http://{ip}{path}"],
+                        "-H", f"Host: {host}", *opts, "-w", "\n%{http_code}", f"http://{ip}{path}"],
                        capture_output=True, text=True, timeout=40)
     assert p.returncode == 0, p.stderr
     body, _, code = p.stdout.rpartition("\n")
-    if code == "200":
-        return json.loads(body)["pod"]
-    return code
+    return code, json.loads(body) if code == "200" else {}
+
+
+def send(lab: Lab, ip: str, host: str, path: str, *headers: str) -> str:
+    """The answering backend's pod name, or the status code."""
+    code, reply = request(lab, ip, host, path, *headers)
+    return reply["pod"] if code == "200" else code
 
 
 @pytest.fixture(scope="module")
@@ -126,3 +131,53 @@ def test_unresolved_backends_answer_500(glab: Lab, name: str, route: str, resolv
         glab.ambit("delete", "-f", "-", "--ignore-not-found", input=yaml.safe_dump_all(objs), check=False)
         glab.wait_for(lambda: send(glab, ip, "example.com", "/") == "404", timeout=30, interval=0.5,
                       what=f"{name} removed")
+
+
+@pytest.mark.parametrize(("name", "cases"), [
+    ("httproute-timeout-request", [("/request-timeout", "0", "infra-backend-v1"), ("/request-timeout", "1", "504"),
+                                   ("/disable-request-timeout", "1", "infra-backend-v1")]),
+    ("httproute-timeout-backend-request", [("/backend-timeout", "0", "infra-backend-v1"),
+                                           ("/backend-timeout", "1", "504"),
+                                           ("/disable-backend-timeout", "1", "infra-backend-v1")]),
+])
+def test_timeouts(glab: Lab, name: str, cases: list[tuple[str, str, str]]) -> None:
+    """HTTPRouteTimeoutRequest, HTTPRouteTimeoutBackendRequest: 500ms, a backend 1 s late is 504;
+    "0s" turns the timeout off. (Upstream's echo delays by `?delay=1s`, the lab's by the request
+    header `x-echo-delay`.)"""
+    ip = address(glab, "same-namespace")
+    assert ip is not None
+    objs = manifest(name)
+    glab.ambit("apply", "-f", "-", input=yaml.safe_dump_all(objs))
+    try:
+        glab.wait_for(lambda: send(glab, ip, "example.com", cases[1][0], "x-echo-delay: 1") == "504", timeout=30,
+                      interval=0.5, what=f"{name} in force")
+        got = [(p, d, send(glab, ip, "example.com", p, f"x-echo-delay: {d}")) for p, d, _ in cases]
+        assert got == cases
+    finally:
+        glab.ambit("delete", "-f", "-", "--ignore-not-found", input=yaml.safe_dump_all(objs), check=False)
+
+
+def test_rewrite_host(glab: Lab) -> None:
+    """HTTPRouteRewriteHost: the backend sees the rewritten Host and the rule's header edits."""
+    ip = address(glab, "same-namespace")
+    assert ip is not None
+    objs = manifest("httproute-rewrite-host")
+    glab.ambit("apply", "-f", "-", input=yaml.safe_dump_all(objs))
+    try:
+        glab.wait_for(lambda: send(glab, ip, "rewrite.example", "/one") == "infra-backend-v1", timeout=30,
+                      interval=0.5, what="httproute-rewrite-host in force")
+        seen = []
+        for path in ("/one", "/two"):
+            code, reply = request(glab, ip, "rewrite.example", path)
+            seen.append((path, code, reply.get("pod"), reply.get("headers", {}).get("host")))
+        assert seen == [("/one", "200", "infra-backend-v1", "one.example.org"),
+                        ("/two", "200", "infra-backend-v2", "example.org")]
+        code, reply = request(glab, ip, "rewrite.example", "/rewrite-host-and-modify-headers",
+                              "X-Header-Remove: remove-val", "X-Header-Add-Append: append-val-1")
+        h = reply["headers"]
+        assert (code, reply["pod"], h.get("host")) == ("200", "infra-backend-v2", "test.example.org")
+        assert (h.get("x-header-add"), h.get("x-header-set"), "x-header-remove" in h) == (
+            "header-val-1", "set-overwrites-values", False)
+        assert h.get("x-header-add-append") in ("append-val-1,header-val-2", ["append-val-1", "header-val-2"]), h
+    finally:
+        glab.ambit("delete", "-f", "-", "--ignore-not-found", input=yaml.safe_dump_all(objs), check=False)

@@ -34,6 +34,7 @@ from controller.translate.ingress import CONTROLLER_NAME
 from controller.validation import validate_object
 from controller.waypoints import gatewayclasses, ingress_status, labstatus
 from tests.unit.controller.test_ingress import tls_secret
+from tests.unit.waypoint.support import HEADER_MODIFIER_CASES
 from waypoint import ingress as wi
 from waypoint.request import Downstream, Forward, LocalReply, RequestHead
 from waypoint.routing import route
@@ -444,6 +445,80 @@ def test_httproute_redirect_port_and_scheme(gw: str, port: int, authority: str, 
         assert isinstance(d, LocalReply) and d.status == 302, d
         got.append((path, dict(d.headers)["location"].removesuffix(path)))
     assert got == cases
+
+
+def forward(manifest: str, path: str, host: str = "example.com", headers: H | None = None) -> Forward:
+    """The gateway's decision for a request through upstream's `same-namespace` Gateway."""
+    p = views(base() + valid(load(manifest)))["same-namespace"].ports[80]
+    vh = p.virtual_host(host)
+    assert vh is not None
+    d = route(p.table, RequestHead(method="GET", path=path, authority=host, scheme="http",
+                                   headers=[(k.lower(), v) for k, v in (headers or {}).items()]),
+              Downstream(destination_port=80, hostname=vh), random.Random(1))
+    assert isinstance(d, Forward), d
+    return d
+
+
+def joined(pairs: list[tuple[str, str]]) -> H:
+    """Headers as upstream's echo reports them: names lower-cased, repeated ones joined with ","."""
+    out: dict[str, list[str]] = {}
+    for k, v in pairs:
+        out.setdefault(k.lower(), []).append(v)
+    return {k: ",".join(v) for k, v in out.items()}
+
+
+def test_httproute_rewrite_host() -> None:
+    """HTTPRouteRewriteHost (extended): the backend sees the rewritten Host, with the rule's header
+    edits."""
+    decided = {p: forward("httproute-rewrite-host", p, "rewrite.example")
+               for p in ("/one", "/two", "/rewrite-host-and-modify-headers")}
+    got = [(p, d.service, d.authority) for p, d in decided.items()]
+    assert got == [("/one", V1, "one.example.org"), ("/two", V2, "example.org"),
+                   ("/rewrite-host-and-modify-headers", V2, "test.example.org")]
+    sent = {"X-Header-Remove": "remove-val", "X-Header-Add-Append": "append-val-1"}
+    d = forward("httproute-rewrite-host", "/rewrite-host-and-modify-headers", "rewrite.example", sent)
+    seen = joined(d.request_headers.apply([(k.lower(), v) for k, v in sent.items()]))
+    assert seen == {"x-header-add": "header-val-1", "x-header-add-append": "append-val-1,header-val-2",
+                    "x-header-set": "set-overwrites-values"}
+
+
+# ResponseHeaderModifier's cases are RequestHeaderModifier's, but for what its backend sends on
+# /multiple and its route's extra adds on /case-insensitivity
+RESPONSE_EXTRA = {"/multiple": ({"X-Header-Remove-1": "val"}, {}),
+                  "/case-insensitivity": ({}, {"x-lowercase-add": "lowercase-add", "x-mixedcase-add-1": "mixedcase-add-1",
+                                               "x-mixedcase-add-2": "mixedcase-add-2",
+                                               "x-uppercase-add": "uppercase-add"})}
+
+
+@pytest.mark.parametrize(("path", "backend_sets", "want", "absent"), [
+    (p, {**sent, **RESPONSE_EXTRA.get(p, ({}, {}))[0]}, {**want, **RESPONSE_EXTRA.get(p, ({}, {}))[1]}, absent)
+    for p, sent, want, absent in HEADER_MODIFIER_CASES])
+def test_httproute_response_header_modifier(path: str, backend_sets: H, want: H, absent: list[str]) -> None:
+    """HTTPRouteResponseHeaderModifier: the response headers the client gets from what the backend
+    answered."""
+    d = forward("httproute-response-header-modifier", path)
+    got = joined(d.response_headers.apply([(k.lower(), v) for k, v in backend_sets.items()]))
+    assert {k: got.get(k) for k in want} == want and not set(absent) & set(got)
+
+
+def test_httproute_request_mirror() -> None:
+    """HTTPRouteRequestMirror (extended): infra-backend-v1 answers, every request is mirrored to
+    infra-backend-v2 (with the rule's header edits)."""
+    for path in ("/mirror", "/mirror-and-modify-headers"):
+        d = forward("httproute-request-mirror", path)
+        assert d.service == V1 and d.policy is not None
+        assert [(m.service, m.port, m.per_million) for m in d.policy.mirrors] == [(V2, 8080, 1_000_000)]
+
+
+@pytest.mark.parametrize(("manifest", "cases"), [
+    ("httproute-timeout-request", [("/request-timeout", 0.5), ("/disable-request-timeout", 0.0)]),
+    ("httproute-timeout-backend-request", [("/backend-timeout", 0.5), ("/disable-backend-timeout", 0.0)]),
+])
+def test_httproute_timeouts(manifest: str, cases: list[tuple[str, float]]) -> None:
+    """HTTPRouteTimeoutRequest, HTTPRouteTimeoutBackendRequest (extended): 500ms bounds the request
+    (a backend 1 s late: 504, tests/lab/test_ingress_conformance.py), "0s" disables it."""
+    policies = [(p, forward(manifest, p).policy) for p, _ in cases]
+    assert [(p, pol.timeout if pol else 0.0) for p, pol in policies] == cases
 
 
 def test_httproute_listener_hostname_matching() -> None:
