@@ -312,6 +312,21 @@ def test_gateway_with_invalid_client_certificate_validation() -> None:
     listener_has(st, "https-unresolved", cond("ResolvedRefs", "False", "InvalidCACertificateRef"), *not_valid)
     listener_has(st, "https-invalid-kind", cond("ResolvedRefs", "False", "InvalidCACertificateKind"), *not_valid)
     listener_has(st, "https-grant-missing", cond("ResolvedRefs", "False", "RefNotPermitted"), *not_valid)
+    # the Gateway says some of its listeners are not valid (Gateway API's ListenersNotValid)
+    assert {c["type"]: (c["status"], c["reason"]) for c in st["conditions"]}["Accepted"] == (
+        "True", "ListenersNotValid")
+
+
+def test_a_gateway_without_a_valid_listener_is_not_accepted() -> None:
+    """Gateway API's ListenersNotValid with `Accepted=False` once no listener is valid (upstream's
+    GatewayListenerUnsupportedProtocol asks it of a Gateway whose only listener is not accepted):
+    here the invalid client-CA listeners of GatewayWithInvalidClientCertificateValidation alone."""
+    objs = base() + valid(load("gateway-with-invalid-clientcertificate-validation"))
+    gw = next(o for o in objs if o["metadata"]["name"] == "gateway-with-invalid-client-cert-validation")
+    gw["spec"]["listeners"] = [ln for ln in gw["spec"]["listeners"] if ln["name"] != "https"]
+    st = gateway_status(statuses(objs), "gateway-with-invalid-client-cert-validation")
+    assert {c["type"]: (c["status"], c["reason"]) for c in st["conditions"]} == {
+        "Accepted": ("False", "ListenersNotValid"), "Programmed": ("False", "Invalid")}
 
 
 def test_gateway_invalid_default_frontend_client_certificate_validation() -> None:
