@@ -769,8 +769,8 @@ def test_backendref_unknown_kind(kind: str) -> None:
 def test_refused_instead_of_listener_status(manifest: str, name: str, path: str) -> None:
     """GatewayListenerUnsupportedProtocol and TLSRouteListener(Mixed)TerminateNotSupported want the
     Gateway accepted with the listener `Accepted=False` (UnsupportedProtocol, UnsupportedValue);
-    Ambit refuses the Gateway naming the field (`ambit apply`, admission; in a cluster the
-    version validation refused gets `Accepted=False Invalid` and the last valid one stays in force),
+    Ambit refuses the Gateway naming the field (`ambit apply`; in a cluster the version
+    validation refused gets `Accepted=False Invalid` and the last valid one stays in force),
     as it refuses every field it does not serve."""
     gw = next(o for o in load(manifest) if o["metadata"]["name"] == name)
     assert path in {e.path for e in validate_object(gw)}
