@@ -152,10 +152,14 @@ CODES: dict[str, Code] = {c.code: c for c in (
     Code("AMB0138", WARNING, "UnknownAmbitKey",
          "an ambit.io/ label or annotation of a Namespace, Pod or Service that Ambit does not read there (a typo, "
          "an annotation where Ambit reads a label, or a key of another kind): it is ignored"),
+    Code("AMB0139", ERROR, "InvalidKind",
+         "a route's backend is of a group or kind other than Service (Gateway API's ResolvedRefs=False InvalidKind): "
+         "its share of requests is answered 500"),
 )}
 # advisory cause -> (code, the kind that must be known to say it: what is elsewhere may exist)
 _PARENT_CODES = {"ParentNotFound": ("AMB0120", "Gateway"), "NotAllowedByListeners": ("AMB0121", ""),
-                 "NoMatchingParent": ("AMB0121", ""), "RefNotPermitted": ("AMB0122", "ReferenceGrant")}
+                 "NoMatchingParent": ("AMB0121", ""), "RefNotPermitted": ("AMB0122", "ReferenceGrant"),
+                 "InvalidKind": ("AMB0139", "")}
 
 _DELEGATE_CAUSES = ("DelegateNotFound", "DelegateNotUsed", "DelegateNotApplied")
 

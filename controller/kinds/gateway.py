@@ -282,11 +282,16 @@ def _check_timeouts(value: dict[str, Any], path: str, errs: Errors) -> None:
 
 
 def _check_backend(value: dict[str, Any], path: str, errs: Errors) -> None:
-    if value.get("kind", "Service") == "Service" and value.get("group", "") in ("", "core"):
-        if value.get("port") is None:
-            errs.append((join(path, "port"), "required when the backend is a Service"))
-    else:
-        errs.append((join(path, "kind"), f"only Service backends are supported, got \"{value.get('kind')}\""))
+    """A Service backend needs its port (Gateway API's CEL rule). A backend of another group or kind
+    is valid: the translation makes it `ResolvedRefs=False InvalidKind` and answers its share of
+    requests 500, as Gateway API requires (controller.translate.ingress.backend_verdicts)."""
+    if is_service_backend(value) and value.get("port") is None:
+        errs.append((join(path, "port"), "required when the backend is a Service"))
+
+
+def is_service_backend(ref: dict[str, Any]) -> bool:
+    """Whether a backendRef names a Service (the only backend kind Ambit resolves)."""
+    return ref.get("kind", "Service") == "Service" and ref.get("group", "") in ("", "core")
 
 
 def BackendRef(filter_schema: Obj, check_filters: Check) -> Obj:  # noqa: N802 - a schema constructor
@@ -618,8 +623,10 @@ GatewayTLS = Obj({
 
 def _check_gateway_tls(value: dict[str, Any], path: str, errs: Errors) -> None:
     """spec.tls: client certificate validation of an ingress Gateway's HTTPS listeners. A waypoint
-    has no such listeners (its clients are meshed, authenticated by HBONE), and a perPort entry
-    must name a port some HTTPS listener serves (else it would validate nothing)."""
+    has no such listeners (its clients are meshed, authenticated by HBONE). A perPort port is given
+    once. (A `default` or a perPort entry that no HTTPS listener takes is valid, as Gateway API
+    wants it, and leaves the other listeners alone: the translation warns that it applies to
+    nothing, controller.translate.ingress.frontend_warnings.)"""
     tls, tp = value.get("tls"), join(path, "tls")
     if tls is None:
         return
@@ -627,20 +634,11 @@ def _check_gateway_tls(value: dict[str, Any], path: str, errs: Errors) -> None:
         errs.append((tp, "spec.tls is not supported by Ambit on a waypoint: its clients are meshed workloads, authenticated "
                          "by HBONE mutual TLS with their mesh identities"))
         return
-    https = {ln["port"] for ln in value.get("listeners") or [] if ln.get("protocol") == "HTTPS"}
-    frontend = tls.get("frontend") or {}
-    if frontend.get("default") is not None and not https:
-        errs.append((join(join(tp, "frontend"), "default"), "the Gateway has no HTTPS listener: this validation "
-                                                            "would apply to nothing (client certificates are "
-                                                            "validated where the gateway terminates TLS)"))
     seen: set[int] = set()
-    for i, pp in enumerate(frontend.get("perPort") or []):
-        p = f"{join(join(tp, 'frontend'), 'perPort')}[{i}].port"
+    for i, pp in enumerate((tls.get("frontend") or {}).get("perPort") or []):
         if pp["port"] in seen:
-            errs.append((p, f"port {pp['port']} is configured twice: each port takes one validation"))
-        elif pp["port"] not in https:
-            errs.append((p, f"no HTTPS listener is on port {pp['port']}: this validation would apply to nothing "
-                            "(client certificates are validated where the gateway terminates TLS)"))
+            errs.append((f"{join(join(tp, 'frontend'), 'perPort')}[{i}].port",
+                         f"port {pp['port']} is configured twice: each port takes one validation"))
         seen.add(pp["port"])
 
 

@@ -28,7 +28,9 @@ Pure: objects in, model and status out. The rules are Gateway API's (gateway.net
   them) holding a certificate and key that load; otherwise the listener is
   `ResolvedRefs=False` (`RefNotPermitted`, `InvalidCertificateRef`) and serves none of them.
 
-Routes of one virtual host keep Gateway API precedence (controller.translate.routes). TLSRoutes and
+Routes of one virtual host keep Gateway API precedence (controller.translate.routes). Listeners of
+one port are isolated (`isolate`): a Host is served by the routes of the most specific listener
+hostname it matches only, as Gateway API's listener isolation requires. TLSRoutes and
 TCPRoutes become `TcpRoute`s (weighted backends) of a virtual host (an SNI name, "*" for any; a TCP
 listener has "*" only): where two routes claim one name on a listener, the oldest wins (the index
 is oldest first), as Gateway API's conflict rule says.
@@ -50,7 +52,7 @@ from ambit.model import (
     TlsCertificate,
     WaypointRoutes,
 )
-from controller.kinds.gateway import INGRESS_CLASSES, TLS_MIN_VERSION_OPTION
+from controller.kinds.gateway import INGRESS_CLASSES, TLS_MIN_VERSION_OPTION, is_service_backend
 from controller.translate.blame import blame
 from controller.translate.index import Index, name_of, ns_of
 from controller.translate.routes import Hosts, gateway_api_routes, gw_backend
@@ -233,8 +235,9 @@ def granted(grants: list[Obj], frm: tuple[str, str, str], to: tuple[str, str, st
 
 @dataclass(frozen=True)
 class BackendVerdict:
-    """A backendRef that does not resolve: where it is, its host ("name.ns") and Gateway API's
-    `ResolvedRefs` verdict (RefNotPermitted, BackendNotFound)."""
+    """A backendRef that does not resolve: where it is, its host ("name.ns"; "" for a backend that
+    is no Service, which `gw_backend` never resolves) and Gateway API's `ResolvedRefs` verdict
+    (RefNotPermitted, BackendNotFound, InvalidKind)."""
 
     path: str                   # spec.rules[0].backendRefs[1]
     host: str
@@ -251,6 +254,11 @@ def backend_verdicts(route: Obj, services: set[str], grants: list[Obj],
         for j, b in enumerate(rule.get("backendRefs") or []):
             bns = b.get("namespace") or rns
             ref = f"{bns}/{b['name']}"
+            if not is_service_backend(b):
+                out.append(BackendVerdict(f"spec.rules[{i}].backendRefs[{j}]", "", (
+                    False, "InvalidKind", f"backend {b.get('kind')} {ref} (group {b.get('group') or 'core'}): only "
+                                          "Services are supported backends")))
+                continue
             if bns != rns and ref not in exempt and not granted(
                     grants, (GATEWAY_GROUP, route.get("kind", "HTTPRoute"), rns), ("", "Service", bns, b["name"])):
                 why = (False, "RefNotPermitted",
@@ -272,7 +280,8 @@ def resolve_backends(route: Obj, services: set[str], grants: list[Obj] | None = 
 
 
 def resolved_refs(found: list[BackendVerdict]) -> tuple[bool, str, str]:
-    """The route's `ResolvedRefs`: a reference not permitted first, then a missing Service."""
+    """The route's `ResolvedRefs`: a reference not permitted first, then the first other one (a
+    missing Service, a backend of a kind that is not Service)."""
     worst = sorted(found, key=lambda v: v.resolved[1] != "RefNotPermitted")
     return worst[0].resolved if worst else (True, "ResolvedRefs", "")
 
@@ -356,6 +365,26 @@ def frontend_validation(gw: Obj, port: int) -> Obj | None:
         if int(pp["port"]) == port:
             return (pp.get("tls") or {}).get("validation")
     return (frontend.get("default") or {}).get("validation")
+
+
+def frontend_warnings(gw: Obj) -> list[FieldError]:
+    """Client certificate validation that no HTTPS listener takes (a `default` on a Gateway without
+    HTTPS listeners, a perPort entry for a port without one): valid, as Gateway API wants it (it
+    must not touch the port's other listeners: conformance
+    GatewayInvalidDefaultFrontendClientCertificateValidation), and said, since it validates nothing."""
+    https = {int(ln["port"]) for ln in (gw.get("spec") or {}).get("listeners") or [] if ln.get("protocol") == "HTTPS"}
+    frontend = (((gw.get("spec") or {}).get("tls") or {}).get("frontend")) or {}
+    why = "(client certificates are validated where the gateway terminates TLS); it is not applied"
+    ref = f"Gateway/{ns_of(gw)}/{name_of(gw)}"
+    out = []
+    if frontend.get("default") is not None and not https:
+        out.append(FieldError(ref, "spec.tls.frontend.default",
+                              f"the Gateway has no HTTPS listener: this validation applies to nothing {why}"))
+    for i, pp in enumerate(frontend.get("perPort") or []):
+        if int(pp["port"]) not in https:
+            out.append(FieldError(ref, f"spec.tls.frontend.perPort[{i}].port", f"no HTTPS listener is on port "
+                                  f"{pp['port']}: this validation applies to nothing {why}"))
+    return out
 
 
 def _ca_ref(gw: Obj, ref: Obj, configmaps: dict[str, Obj], secrets: dict[str, Obj],
@@ -478,6 +507,7 @@ def translate_ingress(idx: Index, hosts: Hosts) -> IngressResult:
     for gw in gateways:
         with blame(gw):
             gkey = f"{ns_of(gw)}/{name_of(gw)}"
+            out.warnings.extend(frontend_warnings(gw))
             model = IngressGateway(name_of(gw), ns_of(gw), (gw.get("spec") or {})["gatewayClassName"])
             statuses = []
             conflicts = conflicted((gw.get("spec") or {}).get("listeners") or [])
@@ -513,9 +543,43 @@ def translate_ingress(idx: Index, hosts: Hosts) -> IngressResult:
                     hosts=[WaypointRoutes(hostname=h, namespace=ns_of(gw),
                                           http=[r for _, r in sorted(rs, key=lambda x: x[0])])
                            for h, rs in sorted(hosts_of.items())]))
+            isolate(model.listeners, ns_of(gw))
             out.gateways.append(model)
             out.listeners[gkey] = statuses
     return out
+
+
+def _specificity(listener_hostname: str) -> tuple[int, int]:
+    """How specific a listener hostname is: an exact name, then the longer wildcard, then none."""
+    if not listener_hostname:
+        return (0, 0)
+    return (1 if listener_hostname.startswith("*.") else 2, len(listener_hostname))
+
+
+def isolate(listeners: list[IngressListener], ns: str) -> None:
+    """Gateway API listener isolation (GatewayHTTPListenerIsolation): a request is served by the
+    routes of the one listener of its port whose hostname is the most specific match for its Host,
+    never by a less specific listener whose routes name that Host too. The gateway picks a virtual
+    host across the port's listeners by the most specific match (waypoint.ingress), so here each
+    virtual host is kept only on the listener that owns it (the most specific listener hostname
+    covering it: `*.example.com` on a listener without hostname goes, when a `*.example.com`
+    listener shares the port), and each listener with a hostname gets a virtual host of that name,
+    empty if no route gives one (404), so that a less specific listener's wildcard does not answer
+    for the Hosts it selects."""
+    by_port: dict[int, list[IngressListener]] = {}
+    for ln in listeners:
+        if ln.protocol in ("HTTP", "HTTPS"):
+            by_port.setdefault(ln.port, []).append(ln)
+    for lns in by_port.values():
+        if len(lns) < 2:
+            continue
+        names = [ln.hostname for ln in lns]
+        for ln in lns:
+            kept = [wr for wr in ln.hosts if max((n for n in names if intersect(n, wr.hostname) == wr.hostname),
+                                                 key=_specificity, default=None) == ln.hostname]
+            if ln.hostname and not any(wr.hostname == ln.hostname for wr in kept):
+                kept.append(WaypointRoutes(hostname=ln.hostname, namespace=ns))
+            ln.hosts = sorted(kept, key=lambda wr: wr.hostname)
 
 
 def _not_ingress(idx: Index, route: Obj, i: int, p: Obj, warnings: list[FieldError]) -> None:

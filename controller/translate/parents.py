@@ -83,7 +83,7 @@ class Notice:
     ref: str            # Kind/namespace/name
     path: str
     reason: str
-    cause: str          # NotAllowedByListeners | NoMatchingParent | RefNotPermitted | ParentNotFound | NoWaypoint
+    cause: str          # NotAllowedByListeners | NoMatchingParent | RefNotPermitted | InvalidKind | ParentNotFound | NoWaypoint
 
 
 @dataclass
@@ -154,7 +154,7 @@ class _Resolver:
                 continue
             bad = backend_verdicts(obj, self.services, self.grants, exempt)
             if found is None or found[0][0]:
-                refused.update((v.path, v) for v in bad if v.resolved[1] == "RefNotPermitted")
+                refused.update((v.path, v) for v in bad if v.resolved[1] in ("RefNotPermitted", "InvalidKind"))
             if found is None:
                 continue
             accepted, targets = found
@@ -165,10 +165,11 @@ class _Resolver:
         if statuses:
             self.out.status[_key(obj)] = statuses
         for v in refused.values():
+            fix = (f"add a ReferenceGrant in namespace {v.host.split('.', 1)[1]}" if v.resolved[1] == "RefNotPermitted"
+                   else "use a Service")
             self.out.notices.append(Notice(object_ref(obj), v.path, (
                 f"{v.resolved[2]} ({obj.get('kind')}s from namespace {rns}): requests routed to it are answered "
-                f"500, as Gateway API requires; add a ReferenceGrant in namespace {v.host.split('.', 1)[1]}"),
-                "RefNotPermitted"))
+                f"500, as Gateway API requires; {fix}"), v.resolved[1]))
 
     def _not_accepted(self, obj: Obj, i: int, reason: str, message: str, hint: str = "") -> Found:
         self.out.notices.append(Notice(object_ref(obj), f"spec.parentRefs[{i}]", f"{message}: the route does not apply "

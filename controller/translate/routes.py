@@ -52,6 +52,7 @@ from ambit.model import (
     WaypointRoutes,
 )
 from controller.kinds.common import parse_duration
+from controller.kinds.gateway import is_service_backend
 from controller.kinds.networking import credential_secret
 from controller.translate.blame import blame
 from controller.translate.delegates import Delegation, is_delegate
@@ -345,11 +346,15 @@ def _gw_header_filter(req: Obj | None, resp: Obj | None, base: HeaderRewrite | N
 
 
 def gw_backend(b: Obj, ns: str, hosts: Hosts, weight_default: int = 1) -> RouteDestination:
+    """A Gateway API backendRef as a destination. One of a kind other than Service keeps its weight
+    and resolves to no Service (its share gets 500, Gateway API's `InvalidKind`), whatever Service
+    shares its name."""
     host = f"{b['name']}.{b.get('namespace') or ns}.svc.{hosts.cd}"
     headers = None
     for f in b.get("filters") or []:
         headers = _gw_header_filter(f.get("requestHeaderModifier"), f.get("responseHeaderModifier"), headers)
-    return RouteDestination(host=host, service=hosts.service_ref(host), port=int(b.get("port") or 0),
+    service = hosts.service_ref(host) if is_service_backend(b) else ""
+    return RouteDestination(host=host, service=service, port=int(b.get("port") or 0),
                             weight=int(b["weight"]) if b.get("weight") is not None else weight_default,
                             headers=headers)
 

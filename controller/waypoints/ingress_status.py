@@ -1,7 +1,8 @@
 """The status the controller writes on ingress Gateways and the HTTPRoutes attached to them
 (Gateway API's conditions and reasons; the verdicts come from controller.translate.ingress).
 
-Gateway: `Accepted` (class ambit/istio and valid), `Programmed` when its Service has a load
+Gateway: `Accepted` (class ambit/istio and valid; reason `ListenersNotValid` when some listener is
+not accepted, False when none is), `Programmed` when its Service has a load
 balancer address (`status.loadBalancer.ingress`: in a cluster the cloud's, in the lab the pod's),
 else `AddressNotAssigned`; `addresses` lists it. Each listener: `Accepted`, `Conflicted` (ProtocolConflict,
 HostnameConflict: not served), `Programmed` (false when it is not served: conflicted, or its
@@ -24,7 +25,7 @@ the pods and the OS error. The pods retry the bind; their next report after a su
 HTTPRoute, GRPCRoute, TLSRoute and TCPRoute: one `parents[]` entry per parentRef naming an ingress Gateway,
 and (HTTPRoute, GRPCRoute) per mesh parent: a Service or a waypoint Gateway (controller.translate.parents),
 with `controllerName`, `Accepted` (NotAllowedByListeners, NoMatchingListenerHostname, NoMatchingParent)
-and `ResolvedRefs` (BackendNotFound, RefNotPermitted). Entries other controllers wrote are kept.
+and `ResolvedRefs` (BackendNotFound, RefNotPermitted, InvalidKind). Entries other controllers wrote are kept.
 
 A route whose newest version validation refused never reaches the translation (its last valid
 version stays in force), so its status comes from `refused_route_status` instead: `Accepted=False
@@ -112,8 +113,15 @@ def gateway_status(gw: Obj, service: Obj | None, listeners: list[ListenerStatus]
     unbound = {ls.name: (binds or {})[ls.name][ports[ls.name]] for ls in listeners
                if ports.get(ls.name) in (binds or {}).get(ls.name, {})}
     addrs = lb_addresses(service)
-    conds = [_cond("Accepted", True, "Accepted", "accepted by ambit as an ingress gateway", gen)]
-    if addrs and unbound:
+    invalid = [ls.name for ls in listeners if not ls.accepted[0]]
+    if invalid:     # Gateway API: ListenersNotValid, True while some listener is valid
+        conds = [_cond("Accepted", len(invalid) < len(listeners), "ListenersNotValid",
+                       f"listener(s) {', '.join(invalid)} not valid (their Accepted condition says why)", gen)]
+    else:
+        conds = [_cond("Accepted", True, "Accepted", "accepted by ambit as an ingress gateway", gen)]
+    if len(invalid) == len(listeners) and listeners:
+        conds.append(_cond("Programmed", False, "Invalid", "no listener of the Gateway is valid", gen))
+    elif addrs and unbound:
         conds.append(_cond("Programmed", False, "Pending", "listener(s) not served: " + "; ".join(
             f"{n}: {m}" for n, m in sorted(unbound.items())), gen))
     elif addrs:

@@ -140,9 +140,6 @@ def test_cross_namespace_ca_with_a_grant_and_a_partly_bad_list() -> None:
     ({"frontend": {"perPort": [{"port": 443, "tls": validation(cm_ref("c"))},
                                {"port": 443, "tls": validation(cm_ref("d"))}]}}, (A,),
      "spec.tls.frontend.perPort[1].port", "configured twice"),
-    ({"frontend": {"perPort": [{"port": 80, "tls": validation(cm_ref("c"))}]}}, (HTTP, A),
-     "spec.tls.frontend.perPort[0].port", "no HTTPS listener is on port 80"),
-    ({"frontend": {"default": validation(cm_ref("c"))}}, (HTTP,), "spec.tls.frontend.default", "no HTTPS listener"),
     ({"frontend": {"default": {"validation": {"caCertificateRefs": []}}}}, (A,),
      "spec.tls.frontend.default.validation.caCertificateRefs", ""),
 ])
@@ -150,6 +147,23 @@ def test_schema_refuses_what_cannot_be_honoured(tls: dict[str, Any], listeners: 
                                                path: str, reason: str) -> None:
     errs = validate_object(with_tls(gateway(*listeners), tls))
     assert any(e.path == path and reason in e.reason for e in errs), errs
+
+
+@pytest.mark.parametrize(("tls", "listeners", "path", "reason"), [
+    ({"frontend": {"perPort": [{"port": 80, "tls": validation(cm_ref("c"))}]}}, (HTTP, A),
+     "spec.tls.frontend.perPort[0].port", "no HTTPS listener is on port 80"),
+    ({"frontend": {"default": validation(cm_ref("c"))}}, (HTTP,), "spec.tls.frontend.default", "no HTTPS listener"),
+])
+def test_validation_no_https_listener_takes_is_accepted_and_warned(
+        tls: dict[str, Any], listeners: tuple[dict[str, Any], ...], path: str, reason: str) -> None:
+    """A `default` or perPort entry no HTTPS listener takes validates nothing: Gateway API accepts it
+    and leaves the other listeners of the port alone (they were all refused with the Gateway
+    before); `ambit apply` says it applies to nothing."""
+    gw = with_tls(gateway(*listeners), tls)
+    assert validate_object(gw) == []
+    tr, served, _ = run(gw)
+    assert [(w.path, reason in w.reason) for w in tr.ingress.warnings] == [(path, True)]
+    assert "http" in served
 
 
 def test_schema_accepts_valid_only_and_refuses_tls_on_a_waypoint() -> None:

@@ -98,3 +98,26 @@ def upstream_headers(d: Decision, sent: dict[str, str]) -> dict[str, str]:
     for k, v in d.request_headers.apply([(k.lower(), v) for k, v in sent.items()]):
         out.setdefault(k, []).append(v)
     return {k: ",".join(v) for k, v in out.items()}
+
+
+# HTTPRouteRequestHeaderModifier's cases (upstream's Go test; its ResponseHeaderModifier has the
+# same ones, tests/unit/controller/test_ingress_conformance.py): path, headers sent, headers the
+# receiving side must see (repeated names joined with ","), and must not.
+HEADER_MODIFIER_CASES: list[tuple[str, dict[str, str], dict[str, str], list[str]]] = [
+    ("/set", {"Some-Other-Header": "val"}, {"some-other-header": "val", "x-header-set": "set-overwrites-values"}, []),
+    ("/set", {"Some-Other-Header": "val", "X-Header-Set": "some-other-value"},
+     {"some-other-header": "val", "x-header-set": "set-overwrites-values"}, []),
+    ("/add", {"Some-Other-Header": "val"}, {"some-other-header": "val", "x-header-add": "add-appends-values"}, []),
+    ("/add", {"Some-Other-Header": "val", "X-Header-Add": "some-other-value"},
+     {"some-other-header": "val", "x-header-add": "some-other-value,add-appends-values"}, []),
+    ("/remove", {"X-Header-Remove": "val"}, {}, ["x-header-remove"]),
+    ("/multiple", {"X-Header-Set-2": "set-val-2", "X-Header-Add-2": "add-val-2", "X-Header-Remove-2": "remove-val-2",
+                   "Another-Header": "another-header-val"},
+     {"x-header-set-1": "header-set-1", "x-header-set-2": "header-set-2", "x-header-add-1": "header-add-1",
+      "x-header-add-2": "add-val-2,header-add-2", "x-header-add-3": "header-add-3",
+      "another-header": "another-header-val"}, ["x-header-remove-1", "x-header-remove-2"]),
+    ("/case-insensitivity", {"x-header-set": "original-val-set", "x-header-add": "original-val-add",
+                             "x-header-remove": "original-val-remove", "Another-Header": "another-header-val"},
+     {"x-header-set": "header-set", "x-header-add": "original-val-add,header-add",
+      "another-header": "another-header-val"}, ["x-header-remove"]),
+]

@@ -15,6 +15,7 @@ import pytest
 
 from tests.unit.waypoint.support import (
     CONFORMANCE,
+    HEADER_MODIFIER_CASES,
     MESH_NS,
     backend,
     conformance_services,
@@ -69,24 +70,7 @@ def test_mesh_httproute_query_param_matching(path: str, headers: dict[str, str],
 
 # -- MeshHTTPRouteRequestHeaderModifier -----------------------------------------------------------
 
-@pytest.mark.parametrize("path,sent,expected,absent", [
-    ("/set", {"Some-Other-Header": "val"}, {"some-other-header": "val", "x-header-set": "set-overwrites-values"}, []),
-    ("/set", {"Some-Other-Header": "val", "X-Header-Set": "some-other-value"},
-     {"some-other-header": "val", "x-header-set": "set-overwrites-values"}, []),
-    ("/add", {"Some-Other-Header": "val"}, {"some-other-header": "val", "x-header-add": "add-appends-values"}, []),
-    ("/add", {"Some-Other-Header": "val", "X-Header-Add": "some-other-value"},
-     {"some-other-header": "val", "x-header-add": "some-other-value,add-appends-values"}, []),
-    ("/remove", {"X-Header-Remove": "val"}, {}, ["x-header-remove"]),
-    ("/multiple", {"X-Header-Set-2": "set-val-2", "X-Header-Add-2": "add-val-2", "X-Header-Remove-2": "remove-val-2",
-                   "Another-Header": "another-header-val"},
-     {"x-header-set-1": "header-set-1", "x-header-set-2": "header-set-2", "x-header-add-1": "header-add-1",
-      "x-header-add-2": "add-val-2,header-add-2", "x-header-add-3": "header-add-3",
-      "another-header": "another-header-val"}, ["x-header-remove-1", "x-header-remove-2"]),
-    ("/case-insensitivity", {"x-header-set": "original-val-set", "x-header-add": "original-val-add",
-                             "x-header-remove": "original-val-remove", "Another-Header": "another-header-val"},
-     {"x-header-set": "header-set", "x-header-add": "original-val-add,header-add",
-      "another-header": "another-header-val"}, ["x-header-remove"]),
-])
+@pytest.mark.parametrize("path,sent,expected,absent", HEADER_MODIFIER_CASES)
 def test_mesh_httproute_request_header_modifier(path: str, sent: dict[str, str], expected: dict[str, str],
                                                 absent: list[str]) -> None:
     d = decide(table("httproute-request-header-modifier"), req(path, headers=sent), to("echo"))
