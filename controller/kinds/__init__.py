@@ -8,7 +8,9 @@ source and the CRD generator all read.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from controller.kinds import (
     backendtls,
@@ -34,6 +36,9 @@ class KindSpec:
     ambit_group: str = ""                              # set when Ambit serves a CRD for this kind
     mesh: bool = True                                  # configuration (vs. cluster state like Pods)
     aliases: tuple[str, ...] = field(default=())
+    # why an object of this kind cannot have this name (given its body), beyond Kubernetes' own
+    # rule for names; None: no further rule
+    name_check: Callable[[str, dict[str, Any]], str | None] | None = None
 
     def api_versions(self) -> list[str]:
         return [f"{g}/{v}" if g else v for g, vs in self.groups for v in vs]
@@ -102,7 +107,7 @@ KINDS: list[KindSpec] = [
     KindSpec("GRPCRoute", "grpcroutes", (), ((GATEWAY_GROUP, ("v1", "v1alpha2")),), True,
              _mesh(gateway.GRPCRouteSpec)),
     KindSpec("Gateway", "gateways", ("gtw",), ((GATEWAY_GROUP, ("v1", "v1beta1")),), True,
-             _mesh(gateway.GatewaySpec)),
+             _mesh(gateway.GatewaySpec), name_check=gateway.deployed_name_reason),
     KindSpec("TLSRoute", "tlsroutes", (), ((GATEWAY_GROUP, ("v1", "v1alpha2")),), True,
              _mesh(gateway.TLSRouteSpec)),
     KindSpec("TCPRoute", "tcproutes", (), ((GATEWAY_GROUP, ("v1", "v1alpha2")),), True,

@@ -468,6 +468,27 @@ Listener = Obj({
 }, required=("name", "port", "protocol"))
 
 
+_SERVICE_NAME = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")     # Kubernetes' DNS-1035 label
+
+
+def deployed_name_reason(name: str, body: dict[str, Any]) -> str | None:
+    """Why a Gateway of a class Ambit deploys cannot be called `name`, or None. Ambit names the
+    gateway's Service after it and labels its pods `gateway.networking.k8s.io/gateway-name: <name>`
+    (controller/waypoints/render.py), so the name must be a Service name (a DNS-1035 label: at most
+    63 characters, a lower-case letter first, no dot) as well as an object name. Another one was
+    accepted, its Service refused by the API server, and the gateway never served. A Gateway of
+    another class is another controller's to name."""
+    spec = body.get("spec") if isinstance(body.get("spec"), dict) else {}
+    if spec.get("gatewayClassName") not in (*WAYPOINT_CLASSES, *INGRESS_CLASSES):
+        return None
+    if len(name) <= 63 and _SERVICE_NAME.fullmatch(name):
+        return None
+    return (f'"{name}" cannot name a Gateway of class {spec["gatewayClassName"]}: Ambit names the gateway\'s Service '
+            "and its pods' gateway-name label after it, so it must be a DNS-1035 label (at most 63 characters, "
+            'lower-case letters, digits and "-", starting with a letter; Gateway API allows longer names, and '
+            "the API server would refuse that Service)")
+
+
 def _check_gateway(value: dict[str, Any], path: str, errs: Errors) -> None:
     _check_gateway_tls(value, path, errs)
     _check_addresses(value.get("addresses") or [], join(path, "addresses"), errs)
