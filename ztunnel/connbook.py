@@ -14,14 +14,18 @@ from __future__ import annotations
 import contextlib
 import socket
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ambit.dataplane.hbone.limits import ConnLimiter
 from ambit.dataplane.relay import Leg, TCPRelay, TunnelRelay
 from ambit.dataplane.telemetry.accesslog import AccessLogSink, ConnRecord
 from ambit.dataplane.telemetry.metrics import ConnLabels, Metrics
 from ambit.telemetrymetrics import DEFAULT, MetricsConfig
+
+if TYPE_CHECKING:
+    from ztunnel.admission import Admission
 
 
 def reset(leg: Leg) -> None:
@@ -51,6 +55,11 @@ class ConnBook:
     _drain: set[Any] | None = None          # the pod's drain set, once handed to a relay (`hand_off`)
     _relay: Any = None                      # that relay while it runs: its counts so far (`flush`)
     _counted: tuple[int, int] = (0, 0)      # (sent, recv) already added to the byte counters
+    # Inbound only: the admission decided again with the config in force now (`Proxy` re-asks on
+    # every policy update, `revoke`s the connection when it says no), and the table of such open
+    # connections the book sits in while it relays (left by `finish`).
+    recheck: Callable[[], Admission] | None = None
+    admitted: dict[int, ConnBook] | None = None
 
     @property
     def relaying(self) -> bool:
@@ -66,9 +75,11 @@ class ConnBook:
         connection (docs/performance.md, §67). The handler skips its own `finish` once this ran."""
         self.reverse, self._drain = reverse, drain
         drain.add(relay)
+        self._relay = relay
         if self.labels is not None:     # its bytes so far go into each scrape (Metrics.live)
-            self._relay = relay
             self.metrics.live[id(self)] = self
+        if self.recheck is not None and self.admitted is not None:
+            self.admitted[id(self)] = self
         relay.on_end(self._relay_ended)
 
     def flush(self) -> None:
@@ -112,6 +123,17 @@ class ConnBook:
         if flags and self.labels is not None and not self.opened:
             self.labels.response_flags = flags
 
+    def revoke(self, adm: Admission) -> None:
+        """The connection is no longer allowed (a policy changed since it was admitted): say why
+        and cut it, a plain client with a reset, a tunnel with RST_STREAM (the relay's cancel)."""
+        self.rec.error = f"{adm.status} no longer allowed after a policy update: {adm.reason}"
+        if adm.policy:
+            self.rec.policy = adm.policy
+        if self.client is not None:
+            reset(self.client)
+        if self._relay is not None:
+            self._relay.cancel()
+
     def up(self) -> None:
         """The upstream (app or tunnel) is established: count it as opened now."""
         if self.labels is not None:
@@ -120,6 +142,8 @@ class ConnBook:
 
     def finish(self) -> None:
         self.metrics.live.pop(id(self), None)
+        if self.admitted is not None:
+            self.admitted.pop(id(self), None)
         for limiter, key in self._held:
             limiter.release(key)
         self._held = ()
