@@ -278,6 +278,38 @@ def test_circuit_breaking_trips_with_3_concurrent_clients_and_httpbin_stays_in(t
         delete(tlab, f)
 
 
+# --- /docs/tasks/traffic-management/mirroring/ -----------------------------------------------------
+
+def httpbin_log(lab: Lab, version: str, path: str) -> list[str]:
+    """The page's `kubectl logs "$V1_POD" -c httpbin`: gunicorn's access lines for `path`."""
+    f = lab.dir / "logs" / f"pod-default-httpbin-{version}.log"
+    return [x for x in f.read_text(errors="replace").splitlines() if f'"GET {path} HTTP/1.1" 200' in x]
+
+
+@pytest.mark.parametrize("tab", ["httpbin", "gateway-api"])
+def test_mirroring_sends_a_copy_to_v2(tlab: Lab, tab: str) -> None:
+    """Both tabs of the page: all traffic to v1 (v2's log stays empty), then mirrored to v2 (each
+    request also in v2's log, its answer discarded). The page's `-shadow` Host suffix is Istio
+    1.27's; 1.28+ (and Ambit) send the Host unchanged (docs/resilience/faults-and-mirroring.md)."""
+    waypointed(tlab)
+    path = f"/headers?tab={tab}"
+    files = [apply_page(tlab, f"mirroring-{tab}-v1")]
+    try:
+        before = len(httpbin_log(tlab, "v1", path))
+        for _ in range(3):
+            assert code(tlab, CURL, f"http://httpbin:8000{path}") == 200
+        tlab.wait_for(lambda: len(httpbin_log(tlab, "v1", path)) == before + 3, timeout=5, what="v1's log")
+        assert httpbin_log(tlab, "v2", path) == []
+        files.append(apply_page(tlab, f"mirroring-{tab}-mirror-v2"))
+        path += "&mirrored=1"
+        for _ in range(3):
+            assert code(tlab, CURL, f"http://httpbin:8000{path}") == 200
+        tlab.wait_for(lambda: len(httpbin_log(tlab, "v2", path)) == 3, timeout=5, what="the mirrored requests in v2's log")
+        assert len(httpbin_log(tlab, "v1", path)) == 3
+    finally:
+        delete(tlab, *reversed(files))
+
+
 # --- /docs/tasks/security/authorization/authz-deny/ ------------------------------------------------
 # As written (a `selector` and an HTTP `methods`), the policy is a sidecar's: in ambient mode it
 # binds to ztunnel, which cannot see methods, so its DENY applies to every connection (Istio's
