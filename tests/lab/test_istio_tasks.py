@@ -10,8 +10,10 @@ the YAML is about directly and says so; a sidecar page's `selector` policy is al
 ambient form (`targetRefs` its Service), which the test says. Which page each test runs, and what is left out, is listed in
 docs/configuration.md ("Istio's task pages, run as written").
 
-Statistical checks use a two-sided 99.9 % binomial bound (3.29 sigma) over enough requests that
-the result of ignoring the config lies far outside it.
+Statistical checks use a two-sided binomial bound of 4.5 sigma (a false failure about once in
+150,000 runs) over enough requests that ignoring the config lies far outside it (and the Service's
+own spread over v1, v2 and v3 fails the set of versions outright). Time bounds are loose above
+(a loaded machine is slow) and tight below what the config would not explain.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root")
 
 SPEC = Path(__file__).parent / "specs" / "istiotasks.yaml"
 PAGES = Path(__file__).parent / "istio_tasks"
-Z = 3.29        # two-sided 99.9 %
+Z = 4.5         # two-sided, p ~ 7e-6
 CURL = "default/curl"
 
 
@@ -156,7 +158,8 @@ def test_ambient_getting_started_enforce_auth_policies(tlab: Lab) -> None:
 
 def test_ambient_getting_started_manage_traffic_90_10(tlab: Lab) -> None:
     """90 % to reviews-v1, 10 % to reviews-v2 (the page counts 100 productpage loads; here 400
-    requests straight to reviews). Ignored, the Service would spread them over v1, v2 and v3."""
+    requests straight to reviews: v2 within 40 +- 27). Ignored, the Service would spread them over
+v1, v2 and v3."""
     waypointed(tlab)
     f = apply_page(tlab, "reviews-httproute-90-10")
     try:
@@ -190,14 +193,14 @@ def test_request_routing_then_fault_injection_for_user_jason(tlab: Lab) -> None:
 
         files.append(apply_page(tlab, "virtual-service-ratings-test-delay"))
         status, secs, body = timed(tlab, CURL, "http://ratings:9080/ratings/0", "-H", "end-user: jason")
-        assert status == 200 and 7.0 <= secs < 8.5, (status, secs)
+        assert status == 200 and 7.0 <= secs < 10, (status, secs)
         assert json.loads(body)["version"] == "v1"
         status, secs, _ = timed(tlab, CURL, "http://ratings:9080/ratings/0", "-H", "end-user: mary")
-        assert status == 200 and secs < 1.0, (status, secs)
+        assert status == 200 and secs < 3.0, (status, secs)
 
         files.append(apply_page(tlab, "virtual-service-ratings-test-abort"))
         status, secs, body = timed(tlab, CURL, "http://ratings:9080/ratings/0", "-H", "end-user: jason")
-        assert (status, body) == (500, "fault filter abort") and secs < 1.0, (status, body, secs)
+        assert (status, body) == (500, "fault filter abort") and secs < 3.0, (status, body, secs)
         assert timed(tlab, CURL, "http://ratings:9080/ratings/0", "-H", "end-user: mary")[0] == 200
     finally:
         delete(tlab, *reversed(files))
@@ -233,10 +236,10 @@ def test_request_timeouts_half_a_second(tlab: Lab) -> None:
     files = [apply_page(tlab, "destination-rule-all"), apply_page(tlab, "reviews-v2")]
     try:
         status, secs, body = timed(tlab, CURL, "http://reviews:9080/reviews/0", "-H", "x-echo-delay: 2")
-        assert status == 200 and 2.0 <= secs < 3.0 and json.loads(body)["version"] == "v2", (status, secs)
+        assert status == 200 and 2.0 <= secs < 5.0 and json.loads(body)["version"] == "v2", (status, secs)
         files.append(apply_page(tlab, "reviews-v2-timeout"))
         status, secs, body = timed(tlab, CURL, "http://reviews:9080/reviews/0", "-H", "x-echo-delay: 2")
-        assert (status, body) == (504, "upstream request timeout") and 0.5 <= secs < 1.2, (status, body, secs)
+        assert (status, body) == (504, "upstream request timeout") and 0.5 <= secs < 1.9, (status, body, secs)
     finally:
         delete(tlab, *reversed(files))
 
