@@ -230,6 +230,8 @@ class Proxy:
         apply, so the update is ACKed (and `ambit apply --wait` returns) once they are cut; never
         raises (that would NACK the update)."""
         for book in list(self.admitted.values()):
+            if book.revoked is not None:
+                continue        # refused already, its handler cuts it once its app connection is made
             try:
                 adm = book.recheck() if book.recheck is not None else None
                 if adm is not None and not adm.allowed:
@@ -443,6 +445,8 @@ class Proxy:
                 c.refuse(f"400 port {adm.dst_port} is a ztunnel listener (would loop back into ztunnel)", FLAG_DENY)
                 st.respond(400, f"port {adm.dst_port} is not a destination")
                 return
+            c.track(lambda: admission.admit_hbone(self.config, pod.pod, self.workload_of(pod.pod), peer_identity,
+                                                  authority, headers, tls_peer[0]), self.admitted)
             try:
                 app = await self._deliver(pod, st, adm.src_ip, adm.dst_port)
             except (TimeoutError, OSError) as e:
@@ -455,15 +459,17 @@ class Proxy:
                 raise
             local: Any = app.get_extra_info("sockname")
             rec.src_addr = f"{local[0]}:{local[1]}"     # what the app sees as its peer
+            if c.revoked is not None:   # a policy update refused it while the app connection was made
+                reset(app)
+                st.respond(c.revoked.status, c.revoked.reason,
+                           [(admission.POLICY_HEADER, c.revoked.policy)] if c.revoked.policy else None)
+                return
             try:
                 st.respond(200)
             except OSError:
                 reset(app)      # the tunnel went away meanwhile: never leave the app connection behind
                 raise
             c.up()
-            c.recheck = lambda: admission.admit_hbone(self.config, pod.pod, self.workload_of(pod.pod), peer_identity,
-                                                      authority, headers, tls_peer[0])
-            c.admitted = self.admitted
             c.hand_off(TunnelRelay(app, st), pod.conns, reverse=True)
         except (TimeoutError, OSError) as e:
             rec.error = rec.error or f"{type(e).__name__}: {e}"
@@ -527,12 +533,14 @@ class Proxy:
                 log.warning("denied plaintext %s -> %s/%s %s: %s%s", rec.src_addr, pod.pod.namespace, pod.pod.name,
                             rec.dst_addr, adm.reason, f" [policy {adm.policy}]" if adm.policy else "")
                 return
+            c.track(lambda: admission.admit_plaintext(self.config, pod.pod, self.workload_of(pod.pod), peer[0],
+                                                      local[1]), self.admitted)
             app = await open_from(lambda: pod.delivery_socket(peer[0]), (local[0], local[1]),
                                   self.tunnel.connect_timeout)
+            if c.revoked is not None:   # a policy update refused it while the app connection was made
+                reset(app)
+                return
             c.up()
-            c.recheck = lambda: admission.admit_plaintext(self.config, pod.pod, self.workload_of(pod.pod), peer[0],
-                                                          local[1])
-            c.admitted = self.admitted
             c.hand_off(TCPRelay(client, app), pod.conns)
         except (TimeoutError, OSError) as e:
             c.refuse(f"{type(e).__name__}: {e}", FLAG_CONNECT)

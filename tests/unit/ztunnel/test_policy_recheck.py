@@ -124,3 +124,47 @@ def test_strict_applied_later_closes_an_open_plaintext_connection(ca):
             assert inbound.error.startswith("401 no longer allowed after a policy update: plaintext refused")
             assert "STRICT" in inbound.error and not spod.conns
     asyncio.run(go())
+
+
+def test_a_deny_applied_while_the_app_connection_is_made_refuses_the_tunnel(ca):
+    """The window between admission and relaying (the app connection being made) is covered too:
+    a DENY that lands then refuses the tunnel before a byte reaches the app."""
+    async def go() -> None:
+        client, server, cfg, identities, sink, metrics = mesh(ca)
+        proxy = Proxy(cfg, identities=identities, metrics=metrics, access_log=sink,
+                      original_dst=lambda s: (SERVER_IP, APP_PORT), tunnel=TunnelSettings(connect_timeout=5, cert_wait=5))
+        deliver = proxy._deliver
+
+        async def deny_meanwhile(*args, **kw):
+            set_policies(cfg, Authorization.TYPE, [deny_from(client.identity.removeprefix("spiffe://"))], "v2")
+            return await deliver(*args, **kw)
+        proxy._deliver = deny_meanwhile  # type: ignore[method-assign]
+        cpod, spod = pod(client), pod(server)
+        proxy.registry.by_ip[cpod.pod.ip] = cpod
+        identities.prefetch([client.identity, server.identity])
+        await identities.get(server.identity, 5)
+        seen: list[bytes] = []
+
+        async def record(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            seen.append(await r.read())
+            w.close()
+        app = await asyncio.start_server(record, SERVER_IP, APP_PORT, reuse_address=True)
+        hbone = await proxy._serve_hbone(spod, hbone_listener())
+        out, out_port = await serve(proxy.outbound, cpod, "127.0.0.1")
+        r, w = await asyncio.open_connection("127.0.0.1", out_port)
+        try:
+            w.write(b"hello")
+            await w.drain()
+            assert await closed(r), "the tunnel was relayed although a DENY landed before it was"
+            inbound = await inbound_record(sink)
+            assert inbound.error.startswith("403 no longer allowed after a policy update: denied by demo/deny-client")
+            await asyncio.sleep(0.1)
+            assert seen in ([], [b""]), "not a byte reaches the app"
+            assert not proxy.admitted and not spod.conns
+        finally:
+            w.close()
+            for c in (out, hbone, app):
+                c.close()
+            await proxy.close()
+            await identities.close()
+    asyncio.run(go())
