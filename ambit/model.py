@@ -495,9 +495,9 @@ class Authorization(Resource):
     # rules match is checked with. Not advisory: a waypoint that does not know it NACKs the policy
     # (as it NACKs the CUSTOM action), rather than skip a check written to deny.
     provider: str = ""
-    # istio.io/dry-run: evaluated and reported, never enforced. ztunnel skips the policy (Istio's
+    # istio.io/dry-run: evaluated and reported, never enforced. ztunnels are sent none (Istio's
     # control plane gives its ztunnel none); a waypoint reports what it would decide (the access
-    # log's `dry_run`). Not advisory: a component that cannot tell would enforce it (NACKs instead).
+    # log's `dry_run`). Not advisory: a waypoint that cannot tell would enforce it (NACKs instead).
     dry_run: bool = False
 
     @property

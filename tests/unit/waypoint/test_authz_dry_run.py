@@ -12,7 +12,9 @@ from typing import Any
 
 import pytest
 
-from ambit.model import Workload
+from ambit.configclient import NodeInfo
+from ambit.model import Authorization, Workload
+from controller.configserver.scope import scope
 from controller.validation import validate_object
 from tests.unit.waypoint.support import req
 from tests.unit.waypoint.test_authz import WP, down, policies, policy, to_service
@@ -76,6 +78,19 @@ def test_ztunnel_is_given_no_dry_run_policy_to_enforce() -> None:
     assert ztunnel_authz.evaluate([p], httpbin, conn, "istio-system").allowed
     p.dry_run = False
     assert not ztunnel_authz.evaluate([p], httpbin, conn, "istio-system").allowed
+
+
+def test_the_controller_sends_dry_run_policies_to_waypoints_only() -> None:
+    """As Istio's control plane: ztunnel gets none (nor is an older one made to NACK the field)."""
+    ps = policies(dry(to_service(DENY_HEADERS, "DENY", "dry")),
+                  dry(policy({"selector": {"matchLabels": {"app": "httpbin"}}, "action": "DENY",
+                              "rules": DENY_HEADERS}, "dry-selector")),
+                  policy({"selector": {"matchLabels": {"app": "httpbin"}}, "action": "DENY", "rules": DENY_HEADERS},
+                         "enforced"))
+    snap = {Authorization.TYPE: ps}
+    assert [a.name for a in scope(NodeInfo("agent", "node1"), Authorization.TYPE, snap)] == ["enforced"]
+    waypoint = scope(NodeInfo("waypoint", "wp-1", waypoint="default/waypoint"), Authorization.TYPE, snap)
+    assert sorted(a.name for a in waypoint) == ["dry", "dry-selector", "enforced"]
 
 
 @pytest.mark.parametrize("value", ["1", "t", "T", "TRUE", "true", "True", "0", "f", "F", "FALSE", "false", "False"])
