@@ -16,6 +16,7 @@ from ambit.configclient import NodeInfo
 from ambit.model import Authorization, Workload
 from controller.configserver.scope import scope
 from controller.validation import validate_object
+from controller.waypoints.advisories import advisories
 from tests.unit.waypoint.support import req
 from tests.unit.waypoint.test_authz import WP, down, policies, policy, to_service
 from waypoint.authz import authorize, policy_set
@@ -91,6 +92,17 @@ def test_the_controller_sends_dry_run_policies_to_waypoints_only() -> None:
     assert [a.name for a in scope(NodeInfo("agent", "node1"), Authorization.TYPE, snap)] == ["enforced"]
     waypoint = scope(NodeInfo("waypoint", "wp-1", waypoint="default/waypoint"), Authorization.TYPE, snap)
     assert sorted(a.name for a in waypoint) == ["dry", "dry-selector", "enforced"]
+
+
+def test_a_selector_dry_run_is_said_to_report_nothing_and_not_to_fail_closed() -> None:
+    """The task page's policy as written (a `selector`): not enforced, as asked, but reported by
+    nobody, which `ambit apply` says instead of ztunnel's "fails closed" (wrong for a dry run)."""
+    obj = dry(policy({"selector": {"matchLabels": {"app": "httpbin"}}, "action": "DENY", "rules": DENY_HEADERS},
+                     "deny-path-headers"))
+    [adv] = advisories([obj])
+    assert adv.path == "metadata.annotations[istio.io/dry-run]" and "reports nothing" in adv.reason, adv
+    assert [str(a) for a in advisories([dry(to_service(DENY_HEADERS, "DENY"))])
+            if "dry" in a.path] == []
 
 
 @pytest.mark.parametrize("value", ["1", "t", "T", "TRUE", "true", "True", "0", "f", "F", "FALSE", "false", "False"])
