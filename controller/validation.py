@@ -174,7 +174,7 @@ def _checked(obj: Any) -> tuple[Any, list[FieldError]]:
         for f, schema in _METADATA_CHECKS.items():
             if md.get(f) is not None:
                 schema.check(md[f], f"metadata.{f}", errs)
-        errs.extend(dry_run_problems(kind, md, obj.get("spec")))
+        errs.extend(dry_run_problems(api_version, kind, md, obj.get("spec")))
     if spec is not None:
         body = {k: v for k, v in obj.items() if k not in _HEADER}
         spec.body.check(body, "", errs)

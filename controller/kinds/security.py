@@ -199,10 +199,15 @@ def dry_run(obj: dict[str, Any]) -> bool:
     return _BOOLS.get(str(((obj.get("metadata") or {}).get("annotations") or {}).get(DRY_RUN)), False)
 
 
-def dry_run_problems(kind: Any, metadata: dict[str, Any], spec: Any) -> Errors:
-    """istiod's checkDryRunAnnotation: (path, reason) of a dry-run annotation it would refuse."""
+def dry_run_problems(api_version: Any, kind: Any, metadata: dict[str, Any], spec: Any) -> Errors:
+    """istiod's checkDryRunAnnotation: (path, reason) of a dry-run annotation it would refuse. Like
+    istiod's, only on the mesh's own kinds (istio.io and ambit.io groups): a Pod or a Gateway API
+    object that carries the annotation is none of its business."""
     annotations = metadata.get("annotations")
     if not isinstance(annotations, dict) or DRY_RUN not in annotations:
+        return []
+    group = str(api_version).rpartition("/")[0]
+    if not group.endswith((".istio.io", ".ambit.io")):
         return []
     path = f"metadata.annotations[{DRY_RUN}]"
     if kind != "AuthorizationPolicy":

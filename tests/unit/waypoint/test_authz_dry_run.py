@@ -121,3 +121,13 @@ def test_every_value_go_parsebool_reads_is_accepted(value: str) -> None:
 def test_istiods_refusals_of_the_annotation(obj: dict[str, Any], why: str) -> None:
     [err] = validate_object(obj)
     assert err.path == "metadata.annotations[istio.io/dry-run]" and why in err.reason, err
+
+
+def test_the_annotation_on_a_kind_that_is_not_the_meshs_is_left_alone() -> None:
+    """A Pod (or a Gateway API route) carrying it is not refused: istiod validates its own kinds only."""
+    for obj in ({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "namespace": "default"},
+                 "spec": {"containers": [{"name": "c", "image": "i"}]}},
+                {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+                 "metadata": {"name": "r", "namespace": "default"},
+                 "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": "myapp"}]}}):
+        assert [e for e in validate_object(dry(obj, "maybe")) if "dry-run" in e.path] == []
