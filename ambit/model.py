@@ -495,6 +495,10 @@ class Authorization(Resource):
     # rules match is checked with. Not advisory: a waypoint that does not know it NACKs the policy
     # (as it NACKs the CUSTOM action), rather than skip a check written to deny.
     provider: str = ""
+    # istio.io/dry-run: evaluated and reported, never enforced. ztunnels are sent none (Istio's
+    # control plane gives its ztunnel none); a waypoint reports what it would decide (the access
+    # log's `dry_run`). Not advisory: a waypoint that cannot tell would enforce it (NACKs instead).
+    dry_run: bool = False
 
     @property
     def resource_name(self) -> str:

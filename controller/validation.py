@@ -14,6 +14,7 @@ from typing import Any
 from controller.kinds import BY_KIND, spec_for, spec_of, unsupported_kind
 from controller.kinds.common import Labels, Name, NamespaceName
 from controller.kinds.schema import Errors, Int, Map, Str, show
+from controller.kinds.security import dry_run_problems
 
 Obj = dict[str, Any]
 
@@ -173,6 +174,7 @@ def _checked(obj: Any) -> tuple[Any, list[FieldError]]:
         for f, schema in _METADATA_CHECKS.items():
             if md.get(f) is not None:
                 schema.check(md[f], f"metadata.{f}", errs)
+        errs.extend(dry_run_problems(api_version, kind, md, obj.get("spec")))
     if spec is not None:
         body = {k: v for k, v in obj.items() if k not in _HEADER}
         spec.body.check(body, "", errs)

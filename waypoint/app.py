@@ -499,8 +499,8 @@ class WaypointProxy:
             decision = self._route_ingress(head, down)
         else:
             decision = route(v.table, head, down, self.rng, self)
-        if verdict.audit:       # AUDIT policies never decide; the access log names those that matched
-            decision = dataclasses.replace(decision, audit=verdict.audit)
+        if verdict.audit or verdict.dry_run:    # never decide; the access log names them
+            decision = dataclasses.replace(decision, audit=verdict.audit, dry_run=verdict.dry_run)
         return decision
 
     def _custom(self, v: View, head: RequestHead, down: Downstream, user: EndUser | None,
@@ -527,8 +527,8 @@ class WaypointProxy:
         the same for a request without one)."""
         reply, verdict = authorize(v.policies, head, down, v.trust_domains, user)
         decision = reply if reply is not None else routed
-        if verdict.audit:       # AUDIT policies never decide; the access log names those that matched
-            decision = dataclasses.replace(decision, audit=verdict.audit)
+        if verdict.audit or verdict.dry_run:    # never decide; the access log names them
+            decision = dataclasses.replace(decision, audit=verdict.audit, dry_run=verdict.dry_run)
         return decision
 
     def _route(self, v: View, head: RequestHead, down: Downstream) -> Decision:

@@ -156,6 +156,7 @@ class Forward:
     route: str = ""
     policy: Any = None          # the route's waypoint.resilience.policy.RoutePolicy; None: the defaults
     audit: tuple[str, ...] = ()     # the AUDIT AuthorizationPolicies ("ns/name") the request matched
+    dry_run: tuple[tuple[str, str, str], ...] = ()  # the dry-run policies' results (waypoint/authz/evaluate.py)
     # an external authorizer's response header edits, on allow ((action, name, value): waypoint/authz/extauthz.py)
     response_edits: tuple[tuple[str, str, str], ...] = ()
 
@@ -173,6 +174,7 @@ class LocalReply:
     route: str = ""
     reason: str = ""                        # for the access log: why
     audit: tuple[str, ...] = ()             # the AUDIT AuthorizationPolicies ("ns/name") the request matched
+    dry_run: tuple[tuple[str, str, str], ...] = ()  # the dry-run policies' results (waypoint/authz/evaluate.py)
 
 
 @dataclass(frozen=True)

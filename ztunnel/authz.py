@@ -84,8 +84,9 @@ class Verdict:
 # --- selection -----------------------------------------------------------------------------------
 
 def applies(policy: Authorization, workload: Workload, root_namespace: str) -> bool:
-    """Does `policy` select `workload` (for ztunnel enforcement)?"""
-    if policy.scope == "waypoint":
+    """Does `policy` select `workload` (for ztunnel enforcement)? Never a dry-run one: Istio's
+    control plane gives its ztunnel no dry-run policy (it reports nothing of them either)."""
+    if policy.scope == "waypoint" or policy.dry_run:
         return False
     mesh_wide = policy.namespace == root_namespace or policy.scope == "global"
     return authz_selects(policy.namespace, policy.selector, mesh_wide, workload.namespace, workload.labels)

@@ -14,14 +14,18 @@ from __future__ import annotations
 import contextlib
 import socket
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ambit.dataplane.hbone.limits import ConnLimiter
 from ambit.dataplane.relay import Leg, TCPRelay, TunnelRelay
 from ambit.dataplane.telemetry.accesslog import AccessLogSink, ConnRecord
-from ambit.dataplane.telemetry.metrics import ConnLabels, Metrics
+from ambit.dataplane.telemetry.metrics import FLAG_DENY, ConnLabels, Metrics
 from ambit.telemetrymetrics import DEFAULT, MetricsConfig
+
+if TYPE_CHECKING:
+    from ztunnel.admission import Admission
 
 
 def reset(leg: Leg) -> None:
@@ -51,6 +55,12 @@ class ConnBook:
     _drain: set[Any] | None = None          # the pod's drain set, once handed to a relay (`hand_off`)
     _relay: Any = None                      # that relay while it runs: its counts so far (`flush`)
     _counted: tuple[int, int] = (0, 0)      # (sent, recv) already added to the byte counters
+    # Inbound only, once admitted (`track`): the admission decided again with the config in force
+    # now (`Proxy` re-asks on every policy update and `revoke`s the connection when it says no),
+    # and the table of such connections the book sits in until `finish`.
+    recheck: Callable[[], Admission] | None = None
+    admitted: dict[int, ConnBook] | None = None
+    revoked: Admission | None = None        # the re-check that refused it
 
     @property
     def relaying(self) -> bool:
@@ -66,10 +76,17 @@ class ConnBook:
         connection (docs/performance.md, §67). The handler skips its own `finish` once this ran."""
         self.reverse, self._drain = reverse, drain
         drain.add(relay)
+        self._relay = relay
         if self.labels is not None:     # its bytes so far go into each scrape (Metrics.live)
-            self._relay = relay
             self.metrics.live[id(self)] = self
         relay.on_end(self._relay_ended)
+
+    def track(self, recheck: Callable[[], Admission], admitted: dict[int, ConnBook]) -> None:
+        """Admitted: from now until it ends, a policy update decides it again (`recheck`) and
+        revokes it when no longer allowed, also while its app connection is still being made (the
+        handler then checks `revoked` before it relays)."""
+        self.recheck, self.admitted = recheck, admitted
+        admitted[id(self)] = self
 
     def flush(self) -> None:
         """Add the bytes the relay moved since the last count: a scrape reads an open
@@ -112,6 +129,17 @@ class ConnBook:
         if flags and self.labels is not None and not self.opened:
             self.labels.response_flags = flags
 
+    def revoke(self, adm: Admission) -> None:
+        """The connection is no longer allowed (a policy changed since it was admitted): say why
+        and cut it, a plain client with a reset, a tunnel with RST_STREAM (the relay's cancel).
+        Not relaying yet, the handler cuts it when its app connection is made (`revoked`)."""
+        self.revoked = adm
+        self.refuse(f"{adm.status} no longer allowed after a policy update: {adm.reason}", FLAG_DENY, adm.policy)
+        if self._relay is not None:
+            if self.client is not None:
+                reset(self.client)
+            self._relay.cancel()
+
     def up(self) -> None:
         """The upstream (app or tunnel) is established: count it as opened now."""
         if self.labels is not None:
@@ -120,6 +148,8 @@ class ConnBook:
 
     def finish(self) -> None:
         self.metrics.live.pop(id(self), None)
+        if self.admitted is not None:
+            self.admitted.pop(id(self), None)
         for limiter, key in self._held:
             limiter.release(key)
         self._held = ()

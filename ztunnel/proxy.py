@@ -49,7 +49,7 @@ from ambit.dataplane.settings import TunnelSettings
 from ambit.dataplane.telemetry.accesslog import AccessLogSink, ConnRecord, PolicySink, StreamSink
 from ambit.dataplane.telemetry.health import HealthCollector
 from ambit.dataplane.telemetry.metrics import FLAG_CONNECT, FLAG_DENY, MUTUAL_TLS, NONE, ConnLabels, Metrics
-from ambit.model import Service, TcpKeepalive, Workload
+from ambit.model import Authorization, PeerAuthn, Service, TcpKeepalive, Workload
 from ambit.telemetry import CLIENT, SERVER
 from ambit.telemetryconfig import AccessLogConfig
 from ambit.telemetrymetrics import DEFAULT as DEFAULT_METRICS
@@ -160,6 +160,9 @@ class Proxy:
         self.contexts = tls.ContextCache()
         self.lb = routing.RoundRobin()
         self._background: set[asyncio.Task[None]] = set()
+        # The inbound connections open now, each with its admission to decide again when a policy
+        # changes (`_recheck_admitted`), by id of their ConnBook (which leaves when it finishes).
+        self.admitted: dict[int, ConnBook] = {}
         self.pool: HBONEClientPool | None = None
         self.gc_stats: GCStats | None = None    # the collector's pauses, for admin /memory (__main__ sets it)
         if identities is not None:
@@ -170,7 +173,7 @@ class Proxy:
                                     serve_hbone=self._serve_hbone if identities is not None else None,
                                     serve_dns=dns.serve if dns is not None else None)
         self.registry.listeners.append(self._pod_event)
-        if config is not None and identities is not None:
+        if config is not None:
             config.on_change(self._on_config_change)
 
     # --- identities ---------------------------------------------------------------------------------
@@ -212,9 +215,33 @@ class Proxy:
         self.sync_identities()
 
     def _on_config_change(self, _view: object, update: ConfigUpdate) -> None:
-        """A pod's identity follows its Workload (its service account may change while it is served)."""
-        if update.type_url == Workload.TYPE:
+        """A pod's identity follows its Workload (its service account may change while it is
+        served); a policy change applies to the connections already open too."""
+        if update.type_url == Workload.TYPE and self.identities is not None:
             self.sync_identities()
+        elif update.type_url in (Authorization.TYPE, PeerAuthn.TYPE):
+            self._recheck_admitted()
+
+    def _recheck_admitted(self) -> None:
+        """Decide every open inbound connection again and cut those no longer allowed, as Istio's
+        ztunnel does when policies change (its PolicyWatcher): otherwise a connection admitted
+        before a DENY (or STRICT) went on carrying what the policy now refuses for as long as it
+        stayed open, a waypoint's pooled upstream connection for ever. Runs inside the config
+        apply, so the update is ACKed (and `ambit apply --wait` returns) once they are cut; never
+        raises (that would NACK the update)."""
+        for book in list(self.admitted.values()):
+            if book.revoked is not None:
+                continue        # refused already, its handler cuts it once its app connection is made
+            try:
+                adm = book.recheck() if book.recheck is not None else None
+                if adm is not None and not adm.allowed:
+                    book.revoke(adm)
+                    log.info("closed inbound %s -> %s: no longer allowed after a policy update: %s%s",
+                             book.rec.src_addr, book.rec.dst_addr, adm.reason,
+                             f" [policy {adm.policy}]" if adm.policy else "")
+            except Exception:  # noqa: BLE001 - one connection's failure must not NACK the config or spare the others
+                log.exception("re-checking inbound %s -> %s after a policy update", book.rec.src_addr,
+                              book.rec.dst_addr)
 
     def sync_identities(self) -> None:
         """Manage a certificate for exactly the identities the served pods have now: prefetch the new
@@ -418,6 +445,8 @@ class Proxy:
                 c.refuse(f"400 port {adm.dst_port} is a ztunnel listener (would loop back into ztunnel)", FLAG_DENY)
                 st.respond(400, f"port {adm.dst_port} is not a destination")
                 return
+            c.track(lambda: admission.admit_hbone(self.config, pod.pod, self.workload_of(pod.pod), peer_identity,
+                                                  authority, headers, tls_peer[0]), self.admitted)
             try:
                 app = await self._deliver(pod, st, adm.src_ip, adm.dst_port)
             except (TimeoutError, OSError) as e:
@@ -430,6 +459,11 @@ class Proxy:
                 raise
             local: Any = app.get_extra_info("sockname")
             rec.src_addr = f"{local[0]}:{local[1]}"     # what the app sees as its peer
+            if c.revoked is not None:   # a policy update refused it while the app connection was made
+                reset(app)
+                st.respond(c.revoked.status, c.revoked.reason,
+                           [(admission.POLICY_HEADER, c.revoked.policy)] if c.revoked.policy else None)
+                return
             try:
                 st.respond(200)
             except OSError:
@@ -499,8 +533,13 @@ class Proxy:
                 log.warning("denied plaintext %s -> %s/%s %s: %s%s", rec.src_addr, pod.pod.namespace, pod.pod.name,
                             rec.dst_addr, adm.reason, f" [policy {adm.policy}]" if adm.policy else "")
                 return
+            c.track(lambda: admission.admit_plaintext(self.config, pod.pod, self.workload_of(pod.pod), peer[0],
+                                                      local[1]), self.admitted)
             app = await open_from(lambda: pod.delivery_socket(peer[0]), (local[0], local[1]),
                                   self.tunnel.connect_timeout)
+            if c.revoked is not None:   # a policy update refused it while the app connection was made
+                reset(app)
+                return
             c.up()
             c.hand_off(TCPRelay(client, app), pod.conns)
         except (TimeoutError, OSError) as e:

@@ -104,8 +104,10 @@ def scope(node: NodeInfo, type_url: str, snapshot: Snapshot,
     if type_url == Authorization.TYPE and node.kind != "waypoint":
         # CUSTOM (external authorization) is enforced by waypoints and ingress gateways only (the
         # validator refuses it without targetRefs); ztunnel, and an older one NACKing the action it
-        # does not know, never needs it.
-        resources = [a for a in resources if cast(Authorization, a).action != "CUSTOM"]
+        # does not know, never needs it. Nor a dry-run (istio.io/dry-run) policy, which nothing
+        # enforces and only a waypoint reports (Istio's control plane gives its ztunnel none).
+        resources = [a for a in resources
+                     if cast(Authorization, a).action != "CUSTOM" and not cast(Authorization, a).dry_run]
     if node.kind == "agent":
         if type_url == Workload.TYPE:
             return [w for w in resources if cast(Workload, w).node == node.name]

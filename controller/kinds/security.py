@@ -22,7 +22,7 @@ from controller.kinds.common import (
     port_key,
     request_header_reason,
 )
-from controller.kinds.schema import Arr, Bool, Errors, Map, Obj, Str, join
+from controller.kinds.schema import Arr, Bool, Errors, Map, Obj, Str, join, show
 
 SOURCE_FIELDS = ("principals", "notPrincipals", "requestPrincipals", "notRequestPrincipals",
                  "namespaces", "notNamespaces", "ipBlocks", "notIpBlocks", "remoteIpBlocks",
@@ -183,6 +183,44 @@ def _check_authz(value: dict[str, Any], path: str, errs: Errors) -> None:
         # Istio's message: a policy without rules matches nothing, so it would deny (check) nothing
         errs.append((join(path, "rules"), f"{action} action without `rules` is meaningless as it will never be "
                      "triggered, add an empty rule `{}` if you want it be triggered for every request"))
+
+
+# istio.io/dry-run (Istio's annotation, alpha): an AuthorizationPolicy so annotated is evaluated
+# and reported, never enforced (docs/security.md, "Dry run"). Its value is read as Go's
+# strconv.ParseBool reads it, as istiod does; istiod's validation refuses any other value, the
+# annotation on an action other than ALLOW or DENY, and on any other kind.
+DRY_RUN = "istio.io/dry-run"
+_BOOLS = {**dict.fromkeys(("1", "t", "T", "TRUE", "true", "True"), True),
+          **dict.fromkeys(("0", "f", "F", "FALSE", "false", "False"), False)}
+
+
+def dry_run(obj: dict[str, Any]) -> bool:
+    """Whether `obj` (a valid AuthorizationPolicy) is in dry-run mode."""
+    return _BOOLS.get(str(((obj.get("metadata") or {}).get("annotations") or {}).get(DRY_RUN)), False)
+
+
+def dry_run_problems(api_version: Any, kind: Any, metadata: dict[str, Any], spec: Any) -> Errors:
+    """istiod's checkDryRunAnnotation: (path, reason) of a dry-run annotation it would refuse. Like
+    istiod's, only on the mesh's own kinds (istio.io and ambit.io groups): a Pod or a Gateway API
+    object that carries the annotation is none of its business."""
+    annotations = metadata.get("annotations")
+    if not isinstance(annotations, dict) or DRY_RUN not in annotations:
+        return []
+    group = str(api_version).rpartition("/")[0]
+    if not group.endswith((".istio.io", ".ambit.io")):
+        return []
+    path = f"metadata.annotations[{DRY_RUN}]"
+    if kind != "AuthorizationPolicy":
+        return [(path, f"unsupported annotation {DRY_RUN} on a {kind}: only an AuthorizationPolicy can be "
+                       "dry-run (Istio refuses it too); remove the annotation")]
+    action = (spec.get("action") if isinstance(spec, dict) else None) or "ALLOW"
+    if action not in ("ALLOW", "DENY"):
+        return [(path, f"the annotation {DRY_RUN} only supports action ALLOW or DENY, found action {action} "
+                       "(Istio refuses it too)")]
+    if str(annotations[DRY_RUN]) not in _BOOLS:
+        return [(path, f'invalid value {show(annotations[DRY_RUN])}: "true" or "false" (as Go\'s '
+                       'strconv.ParseBool reads them: 1, t, T, TRUE, true, True, 0, f, F, FALSE, false, False)')]
+    return []
 
 
 AuthorizationPolicySpec = Obj({

@@ -36,7 +36,7 @@ from ambit.model import (
     TracingEntry,
 )
 from controller.kinds.common import parse_duration
-from controller.kinds.security import L4_CONDITION_KEYS
+from controller.kinds.security import L4_CONDITION_KEYS, dry_run
 from controller.translate.index import name_of, ns_of
 
 Obj = dict[str, Any]
@@ -197,6 +197,7 @@ def translate_authorization(obj: Obj, trust_domain: str, root_namespace: str) ->
         a.http_rules = [http_rule(r, ns, trust_domain) for r in spec.get("rules") or []]
     if a.action == "CUSTOM":
         a.provider = str((spec.get("provider") or {}).get("name") or "")
+    a.dry_run = dry_run(obj)
     return a
 
 

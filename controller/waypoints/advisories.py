@@ -51,7 +51,7 @@ from typing import Any
 from ambit.resilience import RETRY_ON_NOT_APPLIED, retry_on_parts
 from ambit.telemetry import ACCESS_LOG_KINDS, GATEWAY_LABEL, TRACING_KINDS, providers_of
 from controller.ingress_mode import INBOUND_BYPASSED, ingress_mode_notes
-from controller.kinds.security import L4_CONDITION_KEYS
+from controller.kinds.security import DRY_RUN, L4_CONDITION_KEYS, dry_run
 from controller.translate import translate
 from controller.translate.credentials import INVALID_CREDENTIAL
 from controller.translate.delegates import Delegation
@@ -419,6 +419,14 @@ def _policy(o: Obj, gateways: dict[tuple[str, str], Obj], svc_waypoint: dict[tup
                 "ztunnel does not capture a waypoint's pods, so this policy is enforced nowhere (Istio ignores it "
                 f"too); bind it with targetRefs: [{{kind: Gateway, group: gateway.networking.k8s.io, "
                 f"name: {wp.split('/', 1)[1]}}}]"), NOT_ENFORCED, SELECTS_WAYPOINT) for wp in waypoints]
+        if dry_run(o):
+            # no ztunnel gets a dry-run policy (Istio's ambient control plane gives its ztunnel none),
+            # and no waypoint binds a selector one: not enforced, as asked, but not reported either
+            return [Advisory(ref, f"metadata.annotations[{DRY_RUN}]", (
+                "a dry-run policy bound by selector (or namespace-wide) is evaluated nowhere: ztunnel is given no "
+                "dry-run policy, as in Istio's ambient mode, so this dry run reports nothing; bind it with "
+                "targetRefs (kind Service or Gateway) to see its results in the waypoint's access log (dry_run)"),
+                NOT_ENFORCED, "DryRunNotReported")]
         effect = _ztunnel_effect(spec)
         out = _inner_wildcards(spec, ref, at_waypoint=False)
         for i, rule in enumerate(spec.get("rules") or []):

@@ -19,15 +19,23 @@ excludes it.
 Attributes Ambit cannot evaluate (`Match.unsupported`: connection.sni, experimental.*) never prove
 an ALLOW and always count in a DENY or AUDIT (fail safe).
 
+Dry run (the `istio.io/dry-run` annotation, ALLOW and DENY only): such a policy never decides.
+As Envoy's shadow rules do, the dry-run DENY policies that apply form one shadow engine ("denied"
+when a rule of one matches) and the dry-run ALLOW policies another ("allowed" when a rule of one
+matches, else "denied"); each result, with Istio's id of the rule that matched, goes to the
+request's access-log line (`dry_run`) and a debug line (`shadow denied, matched policy ...`).
+
 A denied request gets 403 `RBAC: access denied` (Envoy rbac_filter.cc), response flag `RBAC`
 (Envoy's short name for RbacAccessDenied), and gRPC status 7 PERMISSION_DENIED for gRPC.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import logging
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ambit import identity as ident
 from ambit.model import Authorization, Match, Rule
@@ -50,6 +58,8 @@ from waypoint.localreply import GRPC_PERMISSION_DENIED, local_reply
 from waypoint.normalize import normalize_path
 from waypoint.request import Downstream, EndUser, LocalReply, RequestHead
 
+log = logging.getLogger("waypoint.rbac")
+
 ALLOW, DENY, AUDIT, CUSTOM = "ALLOW", "DENY", "AUDIT", "CUSTOM"
 DENIED_BODY = "RBAC: access denied"
 RBAC_FLAG = "RBAC"
@@ -65,10 +75,17 @@ class PolicySet:
 
     gateway: tuple[Authorization, ...]
     by_service: dict[str, tuple[Authorization, ...]]
+    # the dry-run (istio.io/dry-run) ALLOW and DENY policies, bound alike: evaluated, never enforced
+    shadow_gateway: tuple[Authorization, ...] = ()
+    shadow_by_service: dict[str, tuple[Authorization, ...]] = field(default_factory=dict)
 
     def for_request(self, down: Downstream) -> tuple[Authorization, ...]:
         svc = self.by_service.get(down.service)
         return self.gateway + svc if svc else self.gateway
+
+    def shadow_for(self, down: Downstream) -> tuple[Authorization, ...]:
+        svc = self.shadow_by_service.get(down.service)
+        return self.shadow_gateway + svc if svc else self.shadow_gateway
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +95,9 @@ class Verdict:
     action: str                  # ALLOW | DENY
     reason: str
     audit: tuple[str, ...] = ()
+    # the dry-run engines' results: (action "allow"|"deny", result "allowed"|"denied", the rule id
+    # that matched or "")
+    dry_run: tuple[tuple[str, str, str], ...] = ()
 
 
 _NO_POLICY = Verdict(True, None, ALLOW, "no ALLOW policy applies")
@@ -99,8 +119,9 @@ def policy_set(policies: Iterable[Authorization], waypoint: Waypoint) -> PolicyS
         if p.action not in (ALLOW, DENY, AUDIT):
             raise ValueError(f"Authorization {p.resource_name}: action {p.action!r} is not one of "
                              f"{ALLOW}, {DENY}, {AUDIT}, {CUSTOM}; the waypoint cannot enforce this policy")
-    bound = bind((p for p in policies if p.action != CUSTOM), waypoint)
-    return PolicySet(bound.gateway, bound.by_service)
+    bound = bind((p for p in policies if p.action != CUSTOM and not p.dry_run), waypoint)
+    shadow = bind((p for p in policies if p.action in (ALLOW, DENY) and p.dry_run), waypoint)
+    return PolicySet(bound.gateway, bound.by_service, shadow.gateway, shadow.by_service)
 
 
 @dataclass(frozen=True, slots=True)
@@ -305,14 +326,42 @@ def evaluate(policies: Iterable[Authorization], head: RequestHead, down: Downstr
     return Verdict(False, names, ALLOW, f"no rule of the ALLOW policies ({names}) matched", audit)
 
 
+def shadow(policies: Iterable[Authorization], head: RequestHead, down: Downstream,
+           trust_domains: TrustDomains | None = None,
+           user: EndUser | None = None) -> tuple[tuple[str, str, str], ...]:
+    """What the dry-run `policies` that apply to the request would decide, engine by engine
+    (Envoy's shadow rules, which Istio builds for them): DENY first, then ALLOW."""
+    r = _context(head, down, trust_domains, user)
+    out = []
+    for action, deny in ((DENY, True), (ALLOW, False)):
+        ps = [p for p in policies if p.action == action]
+        if not ps:
+            continue
+        hit = next((f"ns[{p.namespace}]-policy[{p.name}]-rule[{i}]" for p in ps
+                    for i, rule in enumerate(p.http_rules) if rule_matches(rule, r, deny=deny)), "")
+        result = "denied" if bool(hit) == deny else "allowed"
+        out.append((action.lower(), result, hit))
+        if result == "denied":
+            log.debug("shadow denied, matched policy %s", hit or "none")
+    return tuple(out)
+
+
 def authorize(pset: PolicySet, head: RequestHead, down: Downstream, trust_domains: TrustDomains | None = None,
               user: EndUser | None = None) -> tuple[LocalReply | None, Verdict]:
     """(None, verdict) when allowed; (the 403 to send, verdict) when denied. `user`: the verified
-    JWT's end user (waypoint/authn), None when the request carried none."""
+    JWT's end user (waypoint/authn), None when the request carried none. The dry-run policies'
+    results ride on the verdict (`dry_run`), whatever it is."""
     ps = pset.for_request(down)
+    dry: tuple[tuple[str, str, str], ...] = ()
+    if pset.shadow_gateway or pset.shadow_by_service:   # (attributes: no call per request without dry-run policies)
+        sh = pset.shadow_for(down)
+        if sh:
+            dry = shadow(sh, head, down, trust_domains, user)
     if not ps and trust_domains is None:
-        return None, _NO_POLICY
+        return None, (dataclasses.replace(_NO_POLICY, dry_run=dry) if dry else _NO_POLICY)
     v = evaluate(ps, head, down, trust_domains, user)
+    if dry:
+        v = dataclasses.replace(v, dry_run=dry)
     if v.allowed:
         return None, v
     return local_reply(head, 403, DENIED_BODY, flags=RBAC_FLAG, reason=v.reason,

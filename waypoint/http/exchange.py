@@ -164,6 +164,8 @@ class Exchange:
         head = self.head
         if decision.audit:
             self.record.audit = decision.audit
+        if decision.dry_run:
+            self.record.dry_run = decision.dry_run
         if isinstance(decision, LocalReply):
             self.reply(decision)
             return

@@ -46,6 +46,7 @@ class RequestRecord:
     detail: str = ""                        # why, for local replies and failures
     user_agent: str = ""
     audit: tuple[str, ...] = ()             # the AUDIT AuthorizationPolicies ("ns/name") the request matched
+    dry_run: tuple[tuple[str, str, str], ...] = ()  # the dry-run policies' results (waypoint/authz/evaluate.py)
     termination: str = ""                   # a refused tunnel's connection termination details (`TunnelRecord`)
 
     def __init__(self, method: str, path: str, authority: str, protocol: str, downstream: Downstream,
@@ -99,6 +100,8 @@ class RequestRecord:
                 out[k] = v
         if self.audit:      # ztunnel's access record names matched AUDIT policies alike
             out["audit"] = list(self.audit)
+        if self.dry_run:    # {"deny": {"result": "denied", "policy": "ns[..]-policy[..]-rule[0]"}, "allow": ...}
+            out["dry_run"] = {a: {"result": r, **({"policy": p} if p else {})} for a, r, p in self.dry_run}
         return out
 
 

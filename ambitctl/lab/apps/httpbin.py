@@ -36,17 +36,19 @@ class Server(BaseApplication):
         return self.app
 
 
-def options(port: int, threads: int = 8) -> dict[str, Any]:
+def options(port: int, threads: int = 8, access_log: str | None = None) -> dict[str, Any]:
     return {"bind": f"0.0.0.0:{port}", "workers": 1, "worker_class": "gthread", "threads": threads,
-            "keepalive": 75, "graceful_timeout": 2, "accesslog": None, "errorlog": "-", "loglevel": "warning"}
+            "keepalive": 75, "graceful_timeout": 2, "accesslog": access_log, "errorlog": "-", "loglevel": "warning"}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--port", type=int, default=8000)
     ap.add_argument("--threads", type=int, default=8)
+    # gunicorn's own flag, as Istio's mirroring task starts httpbin with it ("-": stdout, the pod's log)
+    ap.add_argument("--access-logfile", default=None, help="log each request there (- for stdout)")
     args = ap.parse_args()
-    Server(wsgi_app(), options(args.port, args.threads)).run()
+    Server(wsgi_app(), options(args.port, args.threads, args.access_logfile)).run()
 
 
 if __name__ == "__main__":
