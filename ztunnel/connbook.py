@@ -59,6 +59,7 @@ class ConnBook:
     # now (`Proxy` re-asks on every policy update and `revoke`s the connection when it says no),
     # and the table of such connections the book sits in until `finish`.
     recheck: Callable[[], Admission] | None = None
+    recheck_key: tuple[Any, ...] = ()       # what `recheck` reads of the connection: equal keys, equal verdicts
     admitted: dict[int, ConnBook] | None = None
     revoked: Admission | None = None        # the re-check that refused it
 
@@ -81,11 +82,12 @@ class ConnBook:
             self.metrics.live[id(self)] = self
         relay.on_end(self._relay_ended)
 
-    def track(self, recheck: Callable[[], Admission], admitted: dict[int, ConnBook]) -> None:
+    def track(self, recheck: Callable[[], Admission], admitted: dict[int, ConnBook], key: tuple[Any, ...]) -> None:
         """Admitted: from now until it ends, a policy update decides it again (`recheck`) and
         revokes it when no longer allowed, also while its app connection is still being made (the
-        handler then checks `revoked` before it relays)."""
-        self.recheck, self.admitted = recheck, admitted
+        handler then checks `revoked` before it relays). `key`: everything of the connection that
+        `recheck` reads, so that one pass decides each distinct key once (`Proxy._recheck_admitted`)."""
+        self.recheck, self.admitted, self.recheck_key = recheck, admitted, key
         admitted[id(self)] = self
 
     def flush(self) -> None:
