@@ -176,6 +176,9 @@ def _checked(obj: Any) -> tuple[Any, list[FieldError]]:
     if spec is not None:
         body = {k: v for k, v in obj.items() if k not in _HEADER}
         spec.body.check(body, "", errs)
+        if not errs:
+            for check in spec.object_checks:       # istiod's rules on metadata and spec together
+                check(obj, errs)
     return obj, [FieldError(ref, p, r) for p, r in errs]
 
 

@@ -8,6 +8,7 @@ source and the CRD generator all read.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from controller.kinds import (
@@ -16,6 +17,7 @@ from controller.kinds import (
     gateway,
     istio_gateway,
     networking,
+    object_rules,
     security,
     serviceentry,
     telemetry,
@@ -34,6 +36,9 @@ class KindSpec:
     ambit_group: str = ""                              # set when Ambit serves a CRD for this kind
     mesh: bool = True                                  # configuration (vs. cluster state like Pods)
     aliases: tuple[str, ...] = field(default=())
+    # checks of the whole object (metadata too), run once its fields are valid: istiod's rules that
+    # read the object's namespace or annotations (controller.kinds.object_rules)
+    object_checks: tuple[Callable[[dict, Errors], None], ...] = field(default=())
 
     def api_versions(self) -> list[str]:
         return [f"{g}/{v}" if g else v for g, vs in self.groups for v in vs]
@@ -77,6 +82,8 @@ def _with_ambit(upstream: str, versions: tuple[str, ...], ambit: str) -> tuple[t
     return ((upstream, versions), (ambit, ambit_versions))
 
 
+_ISTIO_CHECKS = (object_rules.check_dry_run,)
+_EXPORTED = (object_rules.check_dry_run, object_rules.check_export_to_namespace)
 _SEC = ("security.istio.io", ("v1", "v1beta1"), "security.ambit.io")
 _NET = ("networking.istio.io", ("v1", "v1beta1", "v1alpha3"), "networking.ambit.io")
 _TEL = ("telemetry.istio.io", ("v1", "v1alpha1"), "telemetry.ambit.io")
@@ -84,19 +91,26 @@ GATEWAY_GROUP = "gateway.networking.k8s.io"
 
 KINDS: list[KindSpec] = [
     KindSpec("AuthorizationPolicy", "authorizationpolicies", ("ap",), _with_ambit(*_SEC), True,
-             _mesh(security.AuthorizationPolicySpec), ambit_group=_SEC[2]),
+             _mesh(security.AuthorizationPolicySpec), ambit_group=_SEC[2],
+             object_checks=_ISTIO_CHECKS),
     KindSpec("PeerAuthentication", "peerauthentications", ("pa",), _with_ambit(*_SEC), True,
-             _mesh(security.PeerAuthenticationSpec), ambit_group=_SEC[2]),
+             _mesh(security.PeerAuthenticationSpec), ambit_group=_SEC[2],
+             object_checks=_ISTIO_CHECKS),
     KindSpec("RequestAuthentication", "requestauthentications", ("ra",), _with_ambit(*_SEC), True,
-             _mesh(security.RequestAuthenticationSpec), ambit_group=_SEC[2]),
+             _mesh(security.RequestAuthenticationSpec), ambit_group=_SEC[2],
+             object_checks=_ISTIO_CHECKS),
     KindSpec("VirtualService", "virtualservices", ("vs",), _with_ambit(*_NET), True,
-             _mesh(networking.VirtualServiceSpec), ambit_group=_NET[2]),
+             _mesh(networking.VirtualServiceSpec), ambit_group=_NET[2],
+             object_checks=_EXPORTED),
     KindSpec("DestinationRule", "destinationrules", ("dr",), _with_ambit(*_NET), True,
-             _mesh(networking.DestinationRuleSpec), ambit_group=_NET[2]),
+             _mesh(networking.DestinationRuleSpec), ambit_group=_NET[2],
+             object_checks=_EXPORTED),
     KindSpec("ServiceEntry", "serviceentries", ("se",), _with_ambit(*_NET), True,
-             _mesh(serviceentry.ServiceEntrySpec), ambit_group=_NET[2]),
+             _mesh(serviceentry.ServiceEntrySpec), ambit_group=_NET[2],
+             object_checks=_EXPORTED),
     KindSpec("Telemetry", "telemetries", ("telemetry",), _with_ambit(*_TEL), True,
-             _mesh(telemetry.TelemetrySpec), ambit_group=_TEL[2]),
+             _mesh(telemetry.TelemetrySpec), ambit_group=_TEL[2],
+             object_checks=_ISTIO_CHECKS),
     KindSpec("HTTPRoute", "httproutes", (), ((GATEWAY_GROUP, ("v1", "v1beta1")),), True,
              _mesh(gateway.HTTPRouteSpec)),
     KindSpec("GRPCRoute", "grpcroutes", (), ((GATEWAY_GROUP, ("v1", "v1alpha2")),), True,
@@ -116,7 +130,8 @@ KINDS: list[KindSpec] = [
     # Istio's Gateway: the same kind name in another group. Listed after Gateway API's, so a bare
     # `gateway` means Gateway API's; `gateway.networking.istio.io` means this one.
     KindSpec("Gateway", "gateways", (), _with_ambit(*_NET), True,
-             _mesh(istio_gateway.IstioGatewaySpec), ambit_group=_NET[2]),
+             _mesh(istio_gateway.IstioGatewaySpec), ambit_group=_NET[2],
+             object_checks=_ISTIO_CHECKS),
     KindSpec("Namespace", "namespaces", ("ns",), (("", ("v1",)),), False, core.NamespaceBody, mesh=False),
     KindSpec("Pod", "pods", ("po",), (("", ("v1",)),), True, core.PodBody, mesh=False),
     KindSpec("Service", "services", ("svc",), (("", ("v1",)),), True, core.ServiceBody, mesh=False),
