@@ -76,7 +76,11 @@ def header_value_reason_istio(text: str) -> str | None:
 
 
 def redirect_scheme_reason(text: str) -> str | None:
-    """istiod's validateHTTPRedirect: the scheme of a Location is http or https."""
+    """istiod's validateHTTPRedirect: the scheme of a Location is http or https (a control
+    character is named as such first: it would have ended the Location line)."""
+    why = header_value_reason(text)
+    if why:
+        return why
     if text not in ("http", "https"):
         return f'invalid redirect scheme, must be "http" or "https" (Istio refuses it too), got "{text}"'
     return None
