@@ -173,6 +173,18 @@ def gateway_name_reason(name: str) -> str | None:
     return None
 
 
+def resolve_gateway_name(name: str, vs_ns: str) -> str:
+    """A `gateways` entry as "ns/name" (or "mesh"), as Istio's resolveGatewayName reads it: a short
+    name is in the VirtualService's namespace, and the legacy `name.ns[.svc.cluster.local]` form
+    is `ns/name` (Istio honours it, with a warning; it used to bind nothing here)."""
+    if name == "mesh" or "/" in name:
+        return name
+    if "." not in name:
+        return f"{vs_ns}/{name}"
+    gw, _, rest = name.partition(".")
+    return f"{rest.partition('.')[0]}/{gw}"
+
+
 def check_gateway_names(names: Any, path: str, errs: Errors) -> None:
     if not isinstance(names, list):
         return

@@ -76,6 +76,7 @@ from controller.waypoints.gateways import (
     merge_conditions,
     waypoint_for,
 )
+from controller.waypoints.istio_warnings import istio_warnings
 from controller.waypoints.label_advisories import label_notes
 from controller.waypoints.never_match import NEVER_MATCHES, never_matching
 from controller.waypoints.port_refs import PORT_NOT_FOUND, port_mismatches
@@ -166,10 +167,12 @@ def advisories(objects: list[Obj], cluster_domain: str = "cluster.local", transl
             out += _request_authn(o, gateways, svc_waypoint, root_namespace)
         elif kind == "VirtualService":
             out += _vs_fields(o, hosts)
+            out += [Advisory(object_ref(o), p, why, NOT_ENFORCED) for p, why in istio_warnings(o)]
         elif kind in ("HTTPRoute", "GRPCRoute"):
             out += _gw_fields(o)
         elif kind == "DestinationRule":
             out += _dr_fields(o, {s.hostname for s in tr.services if s.kind == "ServiceEntry"})
+            out += [Advisory(object_ref(o), p, why, NOT_ENFORCED) for p, why in istio_warnings(o)]
         elif is_class(o):
             out += _class_fields(o)
         elif kind == "Telemetry":

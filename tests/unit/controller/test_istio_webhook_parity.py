@@ -327,3 +327,54 @@ KEPT: list[tuple[str, Obj]] = [
 @pytest.mark.parametrize("obj", [c[1] for c in KEPT], ids=[c[0] for c in KEPT])
 def test_what_ambit_accepts_on_purpose_stays_accepted(obj: Obj) -> None:
     assert refusals(copy.deepcopy(obj)) == []
+
+
+# -- istiod's warnings -----------------------------------------------------------------------------
+
+# (istiod's warning, the object, the field warned about, a part of the reason): each was accepted
+# without a word before (controller.waypoints.istio_warnings)
+WARNED: list[tuple[str, Obj, str, str]] = [
+    ("mirrorPercent deprecated", route(mirror={"host": "web"}, mirrorPercent=10), "spec.http[0].mirrorPercent",
+     'using deprecated setting "mirrorPercent", use "mirrorPercentage" instead'),
+    ("large directResponse", route(route=None, directResponse={"status": 200, "body": {"string": "a" * 200_000}}),
+     "spec.http[0].directResponse.body", "large direct_responses may impact control plane performance"),
+    ("legacy gateway name", vs(gateways=["gw.web.svc.cluster.local"]), "spec.gateways[0]",
+     'using legacy gatewayName format "gw.web.svc.cluster.local"; prefer the <namespace>/<name> format: "web/gw"'),
+    ("SNI IP address", vs(hosts=["10.0.0.1"], http=None, tls=[{"match": [{"sniHosts": ["10.0.0.1"]}], "route": ROUTE}]),
+     "spec.tls[0].match[0].sniHosts[0]", "goes against SNI spec"),
+    ("consecutiveErrors deprecated", tp(outlierDetection={"consecutiveErrors": 5}),
+     "spec.trafficPolicy.outlierDetection.consecutiveErrors", "outlier detection consecutive errors is deprecated"),
+    ("minimumRingSize deprecated", dr(subsets=[{"name": "v1", "trafficPolicy": {"loadBalancer": {"consistentHash": {
+        "useSourceIp": True, "minimumRingSize": 1024}}}}]),
+     "spec.subsets[0].trafficPolicy.loadBalancer.consistentHash.minimumRingSize",
+     "consistent hash MinimumRingSize is deprecated"),
+]
+
+
+@pytest.mark.parametrize(("obj", "path", "part"), [c[1:] for c in WARNED], ids=[c[0] for c in WARNED])
+def test_istiods_warnings_are_ambits_warnings(obj: Obj, path: str, part: str) -> None:
+    from controller.waypoints.advisories import NOT_ENFORCED, advisories
+
+    assert refusals(obj) == []
+    found = [(a.path, a.reason) for a in advisories([obj]) if a.condition == NOT_ENFORCED]
+    assert any(p == path and part in r for p, r in found), found
+
+
+def test_a_legacy_gateway_name_binds_the_gateway_it_names() -> None:
+    """`name.ns.svc.cluster.local` is Istio's legacy spelling of `ns/name` (resolveGatewayName),
+    which Istio binds (and warns about). It was read as a Gateway named `gw.web.svc.cluster.local`
+    in the VirtualService's namespace: the routes were served nowhere, without a word."""
+    from controller.translate import translate
+    from tests.unit.controller.test_ingress import BASE
+    from tests.unit.controller.test_istio_gateway import INGRESS, istio_gateway
+    from tests.unit.controller.test_istio_gateway import vs as gvs
+
+    gw = istio_gateway({"port": {"number": 8080, "name": "http", "protocol": "HTTP"}, "hosts": ["a.example.com"]},
+                       name="gw")
+
+    def served(gateways: list[str]) -> list[str]:
+        tr = translate(BASE + [INGRESS, gw, gvs("b", ["a.example.com"], gateways, ns="team")])
+        return [h.hostname for g in tr.ingress.gateways for ln in g.listeners if ln.name.startswith("web/gw/")
+                for h in ln.hosts if any(r.source == "VirtualService/team/b" for r in h.http)]
+    assert served(["web/gw"]) == ["a.example.com"]
+    assert served(["gw.web.svc.cluster.local"]) == served(["gw.web"]) == ["a.example.com"]
