@@ -4,8 +4,8 @@ validateOutlierDetection, validateLoadBalancer, validateLocalities), which Istio
 
 Without istiod in front, each of these was accepted and then did nothing, or something else: an
 empty traffic policy configured nothing, `useClientProtocol` beside `h2UpgradePolicy: UPGRADE`
-had one of them silently lose, a warmup `aggression` of 0 divided by zero in the waypoint's weight
-curve, two overlapping `distribute` localities had one rule silently shadow the other.
+had one of them silently lose, a warmup `aggression` of 0 was silently applied as 1.0 (the
+waypoint's slow start, as Envoy, reads an invalid one so), two overlapping `distribute` localities had one rule silently shadow the other.
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ def check_cookie_attributes(value: dict[str, Any], path: str, errs: Errors) -> N
 
 def check_warmup(value: dict[str, Any], path: str, errs: Errors) -> None:
     """istiod's validateLoadBalancer: a warmup `aggression` above 0 (the weight curve raises time
-    to 1/aggression: 0 has no meaning, and divided by zero)."""
+    to 1/aggression: 0 has no meaning, and the waypoint applied it as 1.0 without a word)."""
     ag = value.get("aggression")
     if isinstance(ag, (int, float)) and not isinstance(ag, bool) and ag <= 0:
         errs.append((join(path, "aggression"), f"aggression should be greater than 0 (Istio refuses it too), got {ag}"))

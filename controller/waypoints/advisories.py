@@ -160,6 +160,7 @@ def advisories(objects: list[Obj], cluster_domain: str = "cluster.local", transl
             for n in tr.credentials.notes]
     for o in good:
         kind = o.get("kind")
+        out += [Advisory(object_ref(o), p, why, NOT_ENFORCED) for p, why in istio_warnings(o)]
         if kind == "AuthorizationPolicy":
             out += _policy(o, gateways, svc_waypoint, root_namespace)
             out += custom_advisories(o, tr.mesh_settings[0] if tr.mesh_settings else None)
@@ -167,12 +168,10 @@ def advisories(objects: list[Obj], cluster_domain: str = "cluster.local", transl
             out += _request_authn(o, gateways, svc_waypoint, root_namespace)
         elif kind == "VirtualService":
             out += _vs_fields(o, hosts)
-            out += [Advisory(object_ref(o), p, why, NOT_ENFORCED) for p, why in istio_warnings(o)]
         elif kind in ("HTTPRoute", "GRPCRoute"):
             out += _gw_fields(o)
         elif kind == "DestinationRule":
             out += _dr_fields(o, {s.hostname for s in tr.services if s.kind == "ServiceEntry"})
-            out += [Advisory(object_ref(o), p, why, NOT_ENFORCED) for p, why in istio_warnings(o)]
         elif is_class(o):
             out += _class_fields(o)
         elif kind == "Telemetry":

@@ -1,5 +1,5 @@
 """istiod's webhook warnings (istio/istio `pkg/config/validation`: `WrapWarning`, `Warningf`) on
-VirtualServices and DestinationRules, repeated by `ambit apply` and the controller as advisories.
+VirtualServices, DestinationRules and RequestAuthentications, repeated by `ambit apply` and the controller as advisories.
 
 istiod accepts these values and warns: a deprecated field, a legacy spelling, a value most clients
 do not send. Ambit accepts and applies them too, so it says what istiod says, where the user looks
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 from typing import Any
 
 from controller.kinds.hostnames import is_ip
@@ -80,11 +81,31 @@ def dr_warnings(spec: Obj) -> list[tuple[str, str]]:
     return out
 
 
+def _private(key: Any) -> bool:
+    """A JWK with private material: "d" (RSA, EC, OKP private keys) or a symmetric ("oct") key."""
+    return isinstance(key, dict) and ("d" in key or key.get("kty") == "oct")
+
+
+def ra_warnings(spec: Obj) -> list[tuple[str, str]]:
+    """istiod's warnPrivateJwksKeys: an inline JWKS should hold public keys only (the private part
+    is never used to verify, and is now in the cluster's configuration for anyone who reads it)."""
+    out: list[tuple[str, str]] = []
+    for i, rule in enumerate(spec.get("jwtRules") or []):
+        try:
+            keys = json.loads(rule.get("jwks") or "{}").get("keys") or []
+        except (ValueError, AttributeError):
+            continue
+        for k, key in enumerate(keys if isinstance(keys, list) else []):
+            if _private(key):
+                out.append((f"spec.jwtRules[{i}].jwks", f"jwks key at index {k} contains private key material; only "
+                            "public keys are used for verification (istiod warns too)"))
+    return out
+
+
+_BY_KIND = {"VirtualService": vs_warnings, "DestinationRule": dr_warnings, "RequestAuthentication": ra_warnings}
+
+
 def istio_warnings(o: Obj) -> list[tuple[str, str]]:
-    """istiod's warnings on a valid VirtualService or DestinationRule, as (field path, reason)."""
-    spec = o.get("spec") or {}
-    if o.get("kind") == "VirtualService":
-        return vs_warnings(spec)
-    if o.get("kind") == "DestinationRule":
-        return dr_warnings(spec)
-    return []
+    """istiod's warnings on a valid object of these kinds, as (field path, reason)."""
+    warn = _BY_KIND.get(o.get("kind") or "")
+    return warn(o.get("spec") or {}) if warn else []

@@ -11,6 +11,7 @@ and a too-wide Ambit rule must not refuse.
 from __future__ import annotations
 
 import copy
+import json
 from typing import Any
 
 import pytest
@@ -349,6 +350,23 @@ WARNED: list[tuple[str, Obj, str, str]] = [
      "spec.subsets[0].trafficPolicy.loadBalancer.consistentHash.minimumRingSize",
      "consistent hash MinimumRingSize is deprecated"),
 ]
+
+
+
+
+def _private_jwks() -> str:
+    """A JWKS holding a whole RSA private key (its "d", "p", "q", ...): what istiod warns about."""
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from jwt.algorithms import RSAAlgorithm
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return json.dumps({"keys": [json.loads(RSAAlgorithm.to_jwk(key))]})
+
+
+WARNED.append(("JWKS with private key material",
+               _obj("security.istio.io/v1", "RequestAuthentication", {"jwtRules": [
+                   {"issuer": "https://issuer.example.com", "jwks": _private_jwks()}]}),
+               "spec.jwtRules[0].jwks", "jwks key at index 0 contains private key material"))
 
 
 @pytest.mark.parametrize(("obj", "path", "part"), [c[1:] for c in WARNED], ids=[c[0] for c in WARNED])
