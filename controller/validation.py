@@ -178,11 +178,9 @@ def _checked(obj: Any) -> tuple[Any, list[FieldError]]:
     if spec is not None:
         body = {k: v for k, v in obj.items() if k not in _HEADER}
         spec.body.check(body, "", errs)
-        name = md.get("name") if isinstance(md, dict) else None
-        if spec.name_check is not None and isinstance(name, str) and name and not errs:
-            reason = spec.name_check(name, body)
-            if reason is not None:
-                errs.append(("metadata.name", reason))
+        if not errs:
+            for check in spec.object_checks:       # istiod's rules on metadata and spec together
+                check(obj, errs)
     return obj, [FieldError(ref, p, r) for p, r in errs]
 
 

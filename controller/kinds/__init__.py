@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from controller.kinds import (
     backendtls,
@@ -18,6 +17,7 @@ from controller.kinds import (
     gateway,
     istio_gateway,
     networking,
+    object_rules,
     security,
     serviceentry,
     telemetry,
@@ -36,9 +36,9 @@ class KindSpec:
     ambit_group: str = ""                              # set when Ambit serves a CRD for this kind
     mesh: bool = True                                  # configuration (vs. cluster state like Pods)
     aliases: tuple[str, ...] = field(default=())
-    # why an object of this kind cannot have this name (given its body), beyond Kubernetes' own
-    # rule for names; None: no further rule
-    name_check: Callable[[str, dict[str, Any]], str | None] | None = None
+    # checks of the whole object (metadata too), run once its fields are valid: istiod's rules that
+    # read the object's namespace or annotations (controller.kinds.object_rules)
+    object_checks: tuple[Callable[[dict, Errors], None], ...] = field(default=())
 
     def api_versions(self) -> list[str]:
         return [f"{g}/{v}" if g else v for g, vs in self.groups for v in vs]
@@ -82,6 +82,7 @@ def _with_ambit(upstream: str, versions: tuple[str, ...], ambit: str) -> tuple[t
     return ((upstream, versions), (ambit, ambit_versions))
 
 
+_EXPORTED = (object_rules.check_export_to_namespace,)
 _SEC = ("security.istio.io", ("v1", "v1beta1"), "security.ambit.io")
 _NET = ("networking.istio.io", ("v1", "v1beta1", "v1alpha3"), "networking.ambit.io")
 _TEL = ("telemetry.istio.io", ("v1", "v1alpha1"), "telemetry.ambit.io")
@@ -95,11 +96,14 @@ KINDS: list[KindSpec] = [
     KindSpec("RequestAuthentication", "requestauthentications", ("ra",), _with_ambit(*_SEC), True,
              _mesh(security.RequestAuthenticationSpec), ambit_group=_SEC[2]),
     KindSpec("VirtualService", "virtualservices", ("vs",), _with_ambit(*_NET), True,
-             _mesh(networking.VirtualServiceSpec), ambit_group=_NET[2]),
+             _mesh(networking.VirtualServiceSpec), ambit_group=_NET[2],
+             object_checks=_EXPORTED),
     KindSpec("DestinationRule", "destinationrules", ("dr",), _with_ambit(*_NET), True,
-             _mesh(networking.DestinationRuleSpec), ambit_group=_NET[2]),
+             _mesh(networking.DestinationRuleSpec), ambit_group=_NET[2],
+             object_checks=_EXPORTED),
     KindSpec("ServiceEntry", "serviceentries", ("se",), _with_ambit(*_NET), True,
-             _mesh(serviceentry.ServiceEntrySpec), ambit_group=_NET[2]),
+             _mesh(serviceentry.ServiceEntrySpec), ambit_group=_NET[2],
+             object_checks=_EXPORTED),
     KindSpec("Telemetry", "telemetries", ("telemetry",), _with_ambit(*_TEL), True,
              _mesh(telemetry.TelemetrySpec), ambit_group=_TEL[2]),
     KindSpec("HTTPRoute", "httproutes", (), ((GATEWAY_GROUP, ("v1", "v1beta1")),), True,
@@ -107,7 +111,7 @@ KINDS: list[KindSpec] = [
     KindSpec("GRPCRoute", "grpcroutes", (), ((GATEWAY_GROUP, ("v1", "v1alpha2")),), True,
              _mesh(gateway.GRPCRouteSpec)),
     KindSpec("Gateway", "gateways", ("gtw",), ((GATEWAY_GROUP, ("v1", "v1beta1")),), True,
-             _mesh(gateway.GatewaySpec), name_check=gateway.deployed_name_reason),
+             _mesh(gateway.GatewaySpec), object_checks=(gateway.check_deployed_name,)),
     KindSpec("TLSRoute", "tlsroutes", (), ((GATEWAY_GROUP, ("v1", "v1alpha2")),), True,
              _mesh(gateway.TLSRouteSpec)),
     KindSpec("TCPRoute", "tcproutes", (), ((GATEWAY_GROUP, ("v1", "v1alpha2")),), True,

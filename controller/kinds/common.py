@@ -269,9 +269,37 @@ Percentage = Num(minimum=0, maximum=100)
 Percent = Obj({"value": Percentage}, description="A percentage 0..100.")
 
 
-def StringMatch(allow_empty: bool = False) -> Obj:  # noqa: N802 - a schema constructor
-    """Istio StringMatch: exactly one of exact, prefix, regex (headers may be `{}` = present)."""
-    return Obj({"exact": Str(), "prefix": Str(), "regex": Regex},
+ISTIO_REGEX_MAX = 1024      # istiod's validateStringRegexp: Envoy's RE2 program-size bound, approximated
+
+
+def istio_regex_reason(text: str) -> str | None:
+    """Istio's validateStringRegexp for a VirtualService regex: not empty (it would match every
+    value, where the writer meant something), at most 1024 characters, and RE2."""
+    if not text:
+        return "regex string match should not be empty (Istio refuses it too): it would match every value"
+    if len(text) > ISTIO_REGEX_MAX:
+        return (f"regex is too large, max length allowed is {ISTIO_REGEX_MAX} (Istio refuses it too), "
+                f"got {len(text)} characters")
+    return check_regex(text)
+
+
+IstioRegex = Str(valid=istio_regex_reason)
+
+
+def _empty_match_reason(text: str) -> str | None:
+    if text == "":
+        return ("prefix string match should not be empty (Istio refuses it too): it would match every value (to "
+                "match a header's mere presence, write {})")
+    return None
+
+
+def StringMatch(allow_empty: bool = False, empty_prefix: bool = False) -> Obj:  # noqa: N802 - a schema constructor
+    """Istio StringMatch: exactly one of exact, prefix, regex (headers may be `{}` = present), as
+    istiod's validateStringMatch checks it: an empty `prefix` matches every value and is refused
+    (`empty_prefix`: but not in a `uri` match, where Istio takes it), an empty or oversized
+    `regex` too (a CORS origin's empty values are refused by its own check)."""
+    return Obj({"exact": Str(), "prefix": Str() if empty_prefix else Str(valid=_empty_match_reason),
+                "regex": IstioRegex},
                one_of=(("exact", "prefix", "regex"),), exactly_one=not allow_empty)
 
 

@@ -38,7 +38,8 @@ def _check_vs_cors(value: dict[str, Any], path: str, errs: Errors) -> None:
 
 
 CorsPolicy = Obj({
-    "allowOrigins": Arr(StringMatch()), "allowOrigin": Strings,
+    # an empty origin is refused by _check_vs_cors, with Istio's message for origins
+    "allowOrigins": Arr(StringMatch(empty_prefix=True)), "allowOrigin": Strings,
     "allowMethods": Arr(Str(enum=HTTP_METHODS)), "allowHeaders": Arr(HeaderName), "exposeHeaders": Arr(HeaderName),
     "maxAge": Duration(), "allowCredentials": Bool(),
     "unmatchedPreflights": Str(enum=("UNSPECIFIED", "FORWARD", "IGNORE")),

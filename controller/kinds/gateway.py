@@ -489,6 +489,15 @@ def deployed_name_reason(name: str, body: dict[str, Any]) -> str | None:
             "the API server would refuse that Service)")
 
 
+def check_deployed_name(obj: dict[str, Any], errs: Errors) -> None:
+    """`deployed_name_reason` as a KindSpec object check."""
+    name = (obj.get("metadata") or {}).get("name")
+    if isinstance(name, str) and name:
+        reason = deployed_name_reason(name, obj)
+        if reason is not None:
+            errs.append(("metadata.name", reason))
+
+
 def _check_gateway(value: dict[str, Any], path: str, errs: Errors) -> None:
     _check_gateway_tls(value, path, errs)
     _check_addresses(value.get("addresses") or [], join(path, "addresses"), errs)

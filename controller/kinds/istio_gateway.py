@@ -21,7 +21,8 @@ import re
 from typing import Any
 
 from controller.kinds.common import Labels, Port, check_ingress_port
-from controller.kinds.hostnames import host_reason
+from controller.kinds.hostnames import host_reason, is_ip
+from controller.kinds.istio_rules import check_label, port_name_reason
 from controller.kinds.schema import Arr, Bool, Errors, Obj, Str, join
 
 SERVER_PROTOCOLS = ("HTTP", "HTTPS", "TLS", "TCP")
@@ -84,18 +85,27 @@ ServerTLS = Obj({
     "insecureSkipVerify": f"insecureSkipVerify (client certificate validation) {_NOT_BUILT} yet",
 })
 
-ServerPort = Obj({"number": Port, "protocol": Str(min_len=1), "name": Str()},
-                 required=("number", "protocol"), unsupported={
+# istiod's validateServerPort: "port name must be set" (a DNS-1123 label, unique across the servers).
+ServerPort = Obj({"number": Port, "protocol": Str(min_len=1), "name": Str(min_len=1, valid=port_name_reason)},
+                 required=("number", "protocol", "name"), unsupported={
     "targetPort": f"targetPort {_NOT_BUILT}: the gateway listens on port.number",
 })
 
 
 def _check_host(value: str) -> str | None:
+    """istiod's ValidateNamespaceSlashWildcardHostname (isGateway): `[namespace/]host`, the
+    namespace "*", "." or a DNS label, the host "*", a DNS name with a dot (a short name such as
+    `foo` matches no request's Host: Istio refuses it) or an IP address."""
     ns, _, host = value.rpartition("/")
     if "/" in ns:
         return f'must be "host" or "namespace/host", got "{value}"'
     if not host:
         return "the host part must not be empty"
+    if "/" in value and ns not in ("*", ".") and check_label(ns):
+        return f'invalid namespace value "{ns}" in gateway (Istio refuses it too): "*", "." or a namespace name'
+    if host != "*" and "." not in host and not is_ip(host):
+        return f'"{host}": short names (non FQDN) are not allowed (Istio refuses them too): write the full host name'
+
     if "*" in host and host != "*" and not (host.startswith("*.") and "*" not in host[2:]):
         return f'"{host}": a wildcard must be "*" or a leading "*." label'
     return host_reason(host, ip=True)
@@ -164,7 +174,19 @@ Server = Obj({
     "defaultEndpoint": f"defaultEndpoint {_NOT_BUILT}: it routes by VirtualService only",
 })
 
+def _check_port_names(value: dict[str, Any], path: str, errs: Errors) -> None:
+    """istiod's ValidateGateway: port names in servers must be unique."""
+    seen: dict[str, int] = {}
+    for i, srv in enumerate(value.get("servers") or []):
+        name = ((srv or {}).get("port") or {}).get("name") if isinstance(srv, dict) else None
+        if isinstance(name, str) and name:
+            if name in seen:
+                errs.append((f"{join(path, 'servers')}[{i}].port.name", f"port names in servers must be unique: "
+                             f"duplicate name {name} (also servers[{seen[name]}]; Istio refuses it too)"))
+            seen.setdefault(name, i)
+
+
 IstioGatewaySpec = Obj({
     "selector": Labels,
     "servers": Arr(Server, min_items=1),
-}, required=("selector", "servers"))
+}, required=("selector", "servers"), checks=(_check_port_names,))

@@ -19,12 +19,12 @@ from controller.kinds.common import (
     Cidr,
     Duration,
     Int32,
+    IstioRegex,
     Labels,
     NamespaceName,
     Percent,
     Port,
     PortSelector,
-    Regex,
     StringMatch,
     Strings,
     UInt32,
@@ -41,7 +41,30 @@ from controller.kinds.common import (
     request_path_reason,
 )
 from controller.kinds.cors import CorsPolicy
+from controller.kinds.dr_rules import (
+    check_connection_pool,
+    check_cookie_attributes,
+    check_locality_overlap,
+    check_outlier,
+    check_port_policy,
+    check_traffic_policy,
+    check_warmup,
+    tunnel_host_reason,
+    tunnel_protocol_reason,
+)
 from controller.kinds.hostnames import host_matches, host_reason
+from controller.kinds.istio_rules import (
+    check_authority_once,
+    check_fault,
+    check_gateway_names,
+    check_route_conflicts,
+    check_sni_hosts,
+    direct_body_reason,
+    header_value_reason_istio,
+    namespace_match_reason,
+    redirect_scheme_reason,
+    subset_name_reason,
+)
 from controller.kinds.schema import Arr, Bool, Errors, Int, Map, Num, Obj, Str, join
 
 # -- VirtualService --------------------------------------------------------------------------------
@@ -52,10 +75,11 @@ def _destination_host_reason(text: str) -> str | None:
     return host_reason(text)
 
 
-Destination = Obj({"host": Str(min_len=1, valid=_destination_host_reason), "subset": Str(), "port": PortSelector},
+Destination = Obj({"host": Str(min_len=1, valid=_destination_host_reason), "subset": Str(valid=subset_name_reason),
+                   "port": PortSelector},
                   required=("host",))
 
-HeaderValues = Map(Str(valid=header_value_reason))
+HeaderValues = Map(Str(valid=header_value_reason_istio))
 Headers = Obj({
     "request": Obj({"set": HeaderValues, "add": HeaderValues, "remove": Strings}, checks=(header_ops_checks(True),)),
     "response": Obj({"set": HeaderValues, "add": HeaderValues, "remove": Strings}, checks=(header_ops_checks(False),)),
@@ -83,14 +107,14 @@ MatchHeaders = Map(StringMatch(allow_empty=True), key=match_header_name_reason)
 
 HTTPMatchRequest = Obj({
     "name": Str(),
-    "uri": StringMatch(), "scheme": StringMatch(), "method": StringMatch(), "authority": StringMatch(),
+    "uri": StringMatch(empty_prefix=True), "scheme": StringMatch(), "method": StringMatch(), "authority": StringMatch(),
     "headers": MatchHeaders,
     "queryParams": Map(StringMatch(allow_empty=True)),
     "withoutHeaders": MatchHeaders,
     "port": Port,
     "sourceLabels": Labels,
     "gateways": Strings,
-    "sourceNamespace": Str(),
+    "sourceNamespace": Str(valid=namespace_match_reason),
     "ignoreUriCase": Bool(),
     "statPrefix": Str(),
 })
@@ -120,7 +144,7 @@ def _check_redirect(value: dict[str, Any], path: str, errs: Errors) -> None:
 HTTPRedirect = Obj({
     "uri": Str(valid=header_value_reason), "authority": Str(valid=header_value_reason), "port": Port,
     "derivePort": Str(enum=("FROM_PROTOCOL_DEFAULT", "FROM_REQUEST_PORT")),
-    "scheme": Str(valid=header_value_reason), "redirectCode": Int(minimum=300, maximum=399),
+    "scheme": Str(valid=redirect_scheme_reason), "redirectCode": Int(minimum=300, maximum=399),
     "prefixRewrite": Str(valid=header_value_reason,
                          description="On a redirect, replace the matched prefix (the match's uri prefix) with "
                                      "this value; the rest of the path and the query string stay."),
@@ -139,14 +163,27 @@ def _invalid_base64(text: str) -> str | None:
 
 
 HTTPDirectResponse = Obj({"status": Int(minimum=200, maximum=599),
-                          "body": Obj({"string": Str(), "bytes": Str(valid=_invalid_base64)},
+                          "body": Obj({"string": Str(valid=direct_body_reason),
+                                       "bytes": Str(valid=lambda t: _invalid_base64(t) or direct_body_reason(t, True))},
                                       one_of=(("string", "bytes"),))},
                          required=("status",))
 
+def _check_rewrite(value: dict[str, Any], path: str, errs: Errors) -> None:
+    """Istio's validateHTTPRewrite: a rewrite that sets none of uri, uriRegexRewrite, authority
+    (an empty one counts as unset) rewrites nothing; a regex rewrite needs both its parts."""
+    if not any(value.get(f) for f in ("uri", "uriRegexRewrite", "authority")):
+        errs.append((path, "rewrite must specify at least one of uri, uriRegexRewrite or authority (Istio refuses "
+                     "this too): as written it rewrites nothing"))
+    rr = value.get("uriRegexRewrite")
+    if isinstance(rr, dict) and rr.get("rewrite") == "":
+        errs.append((join(path, "uriRegexRewrite.rewrite"), "UriRegexRewrite requires both Rewrite and Match fields "
+                     "to be specified (Istio refuses an empty one too)"))
+
+
 HTTPRewrite = Obj({"uri": Str(valid=request_path_reason), "authority": Str(valid=header_value_reason),
-                   "uriRegexRewrite": Obj({"match": Regex, "rewrite": Str(valid=request_path_reason)},
+                   "uriRegexRewrite": Obj({"match": IstioRegex, "rewrite": Str(valid=request_path_reason)},
                                           required=("match", "rewrite"))},
-                  one_of=(("uri", "uriRegexRewrite"),))
+                  one_of=(("uri", "uriRegexRewrite"),), checks=(_check_rewrite,))
 
 
 
@@ -168,12 +205,13 @@ HTTPFaultInjection = Obj({
     "delay": Obj({"fixedDelay": Duration(positive=True), "exponentialDelay": Duration(positive=True),
                   "percentage": Percent, "percent": Int(minimum=0, maximum=100)},
                  one_of=(("fixedDelay", "exponentialDelay"),), exactly_one=True),
+    # Istio's validateHTTPFaultInjection: at least one of delay, abort; a percentage of 0 or 0.0001..100
     "abort": Obj({"httpStatus": Int(minimum=200, maximum=599), "grpcStatus": Str(valid=invalid_grpc_status),
                   # Istio's validateHTTPFaultInjectionAbort refuses every http2Error, with this message
                   "http2Error": Str(valid=lambda _: "HTTP/2 abort fault injection not supported yet (Istio refuses "
                                     "it too): abort with httpStatus or grpcStatus"),
                   "percentage": Percent}, one_of=(("httpStatus", "grpcStatus", "http2Error"),), exactly_one=True),
-})
+}, checks=(check_fault,))
 
 HTTPMirrorPolicy = Obj({"destination": Destination, "percentage": Percent}, required=("destination",))
 
@@ -182,13 +220,18 @@ def _check_http_route(value: dict[str, Any], path: str, errs: Errors) -> None:
     actions = [f for f in ("route", "redirect", "directResponse", "delegate") if value.get(f)]
     if not actions:
         errs.append((path, "one of route, redirect, directResponse or delegate must be set"))
-    elif len(actions) > 1 and not (set(actions) == {"redirect", "directResponse"}):
+    elif len(actions) > 1:
         errs.append((path, f"only one of route, redirect, directResponse, delegate may be set, got {', '.join(actions)}"))
     if value.get("rewrite") and (value.get("redirect") or value.get("directResponse")):
         errs.append((join(path, "rewrite"), "cannot be combined with redirect or directResponse"))
     if value.get("mirror") and value.get("mirrors"):
         errs.append((path, "only one of mirror, mirrors may be set"))
     _check_prefix_redirect(value, path, errs)
+    check_route_conflicts(value, path, errs)
+    check_authority_once(value, path, errs)
+    for i, m in enumerate(value.get("match") or []):
+        if isinstance(m, dict):
+            check_gateway_names(m.get("gateways"), f"{join(path, 'match')}[{i}].gateways", errs)
     check_weights(value.get("route") or [], join(path, "route"), errs)
 
 
@@ -244,7 +287,7 @@ HTTPRoute = Obj({
 })
 
 L4MatchAttributes = Obj({"destinationSubnets": Arr(Cidr), "port": Port, "sourceLabels": Labels,
-                         "gateways": Strings, "sourceNamespace": Str()},
+                         "gateways": Strings, "sourceNamespace": Str(valid=namespace_match_reason)},
                         unsupported={"sourceSubnet": "sourceSubnet is not supported by Ambit (deprecated in Istio); "
                                                      "match clients with sourceLabels or sourceNamespace"})
 RouteDestination = Obj({"destination": Destination, "weight": Weight}, required=("destination",))
@@ -252,6 +295,9 @@ RouteDestination = Obj({"destination": Destination, "weight": Weight}, required=
 
 def _check_l4_route(value: dict[str, Any], path: str, errs: Errors) -> None:
     check_weights(value.get("route") or [], join(path, "route"), errs)
+    for i, m in enumerate(value.get("match") or []):
+        if isinstance(m, dict):
+            check_gateway_names(m.get("gateways"), f"{join(path, 'match')}[{i}].gateways", errs)
 
 
 def _sni_host_reason(text: str) -> str | None:
@@ -270,17 +316,22 @@ TLSRoute = Obj({
 }, required=("match", "route"), checks=(_check_l4_route,))
 
 
-def check_export_to(value: dict[str, Any], path: str, errs: Errors) -> None:
+def check_export_to(value: dict[str, Any], path: str, errs: Errors, entry: bool = False) -> None:
     """Istio's validateExportTo for VirtualServices and DestinationRules: ".", "*" or a namespace
     name, no duplicates, "*" alone; "~" (no one) is for ServiceEntries only (Istio: "not allowed
-    for Istio configuration objects"). The entries scope the object (controller.translate.visibility)."""
+    for Istio configuration objects"), and there alone (`entry`). The entries scope the object
+    (controller.translate.visibility)."""
     export = value.get("exportTo")
     if not isinstance(export, list) or not all(isinstance(e, str) for e in export):
         return      # its schema (a list of strings) says what is wrong
     seen: set[str] = set()
     for i, e in enumerate(export):
         where = f"{join(path, 'exportTo')}[{i}]"
-        if e == "~":
+        if e == "~" and entry:
+            if len(export) > 1:
+                errs.append((join(path, "exportTo"), "cannot export service entry to no one (~) and someone (Istio "
+                             'refuses this too): "~" alone says it'))
+        elif e == "~":
             errs.append((where, 'exportTo "~" (no one) is allowed for ServiceEntries only (Istio refuses it here too): '
                          "delete the object to apply it nowhere"))
         elif e not in (".", "*"):
@@ -288,7 +339,7 @@ def check_export_to(value: dict[str, Any], path: str, errs: Errors) -> None:
         if e in seen:
             errs.append((where, f'duplicate entry "{e}"'))
         seen.add(e)
-    if "*" in seen and len(export) > 1:
+    if "*" in seen and len(export) > 1 and "~" not in seen:
         errs.append((join(path, "exportTo"), 'cannot have both "*" (every namespace) and other entries (Istio refuses '
                      'this too): "*" alone says it'))
 
@@ -310,6 +361,8 @@ def _check_vs(value: dict[str, Any], path: str, errs: Errors) -> None:
     if not value.get("http") and not value.get("tcp") and not value.get("tls"):
         errs.append((path, "at least one of http, tcp or tls must be set"))
     _check_vs_hosts(value, path, errs)
+    check_gateway_names(value.get("gateways"), join(path, "gateways"), errs)
+    check_sni_hosts(value, path, errs)
 
 
 def _check_vs_hosts(value: dict[str, Any], path: str, errs: Errors) -> None:
@@ -376,7 +429,8 @@ ConsistentHash = Obj({
                        "path": Str(valid=lambda p: cookie_path_reason(p) if p else None), "ttl": Duration(),
                        "attributes": Arr(Obj({"name": Str(min_len=1, valid=cookie_name_reason),
                                               "value": Str(valid=cookie_attribute_reason)},
-                                             required=("name",)))}, required=("name",)),
+                                             required=("name",)))}, required=("name",),
+                      checks=(check_cookie_attributes,)),
     "useSourceIp": Bool(),
     "httpQueryParameterName": Str(min_len=1),
     "ringHash": Obj({"minimumRingSize": Int(minimum=0)}),
@@ -442,7 +496,7 @@ LocalityLbSetting = Obj({
     "distribute": Arr(Obj({"from": Str(min_len=1), "to": Map(Int(minimum=0, maximum=100))}, required=("from", "to"))),
     "failover": Arr(Obj({"from": Str(), "to": Str()})),
     "failoverPriority": Strings,
-}, checks=(_check_locality,))
+}, checks=(_check_locality, check_locality_overlap))
 
 LoadBalancer = Obj({
     # LEAST_CONN is Istio's deprecated spelling of LEAST_REQUEST; both are accepted.
@@ -451,7 +505,7 @@ LoadBalancer = Obj({
     "localityLbSetting": LocalityLbSetting,
     "warmupDurationSecs": Duration(positive=True),      # Istio's CRD: at least 1ms
     "warmup": Obj({"duration": Duration(positive=True), "aggression": Num(minimum=0),
-                   "minimumPercent": Num(minimum=0, maximum=100)}, required=("duration",)),
+                   "minimumPercent": Num(minimum=0, maximum=100)}, required=("duration",), checks=(check_warmup,)),
 }, one_of=(("simple", "consistentHash"),), unsupported={
     "backendUtilization": "backendUtilization is not supported by Ambit: the waypoint receives no ORCA load "
                           "reports from backends; use simple: LEAST_REQUEST",
@@ -502,7 +556,7 @@ ConnectionPool = Obj({
         "http2KeepAlive": Obj({"interval": Duration(positive=True), "timeout": Duration(positive=True)},
                               description="HTTP/2 PING frames on upstream connections."),
     }),
-})
+}, checks=(check_connection_pool,))
 
 OutlierDetection = Obj({
     "splitExternalLocalOriginErrors": Bool(),
@@ -518,7 +572,7 @@ OutlierDetection = Obj({
         "The response statuses outlier detection counts as errors, instead of 5xx: a listed status counts "
         "towards consecutive5xxErrors (and consecutiveGatewayErrors if 502/503/504), any other response "
         "as a success.")),
-})
+}, checks=(check_outlier,))
 
 SECRET_CREDENTIAL = "kubernetes://"      # Istio's explicit form of a plain name: the proxy namespace's Secret
 _OTHER_CREDENTIALS = {
@@ -593,19 +647,20 @@ _POLICY_FIELDS: dict[str, Any] = {
     "tls": ClientTLSSettings,
 }
 
-PortTrafficPolicy = Obj({"port": PortSelector, **_POLICY_FIELDS})
+PortTrafficPolicy = Obj({"port": PortSelector, **_POLICY_FIELDS}, checks=(check_port_policy,))
 
 TrafficPolicy = Obj({
     **_POLICY_FIELDS,
     "portLevelSettings": Arr(PortTrafficPolicy, max_items=4096),
-    "tunnel": Obj({"protocol": Str(), "targetHost": Str(min_len=1), "targetPort": Port},
+    "tunnel": Obj({"protocol": Str(valid=tunnel_protocol_reason), "targetHost": Str(min_len=1, valid=tunnel_host_reason),
+                   "targetPort": Port},
                   required=("targetHost", "targetPort")),
     "proxyProtocol": Obj({"version": Str(enum=("V1", "V2"))}),
     "retryBudget": Obj({"percent": Num(minimum=0, maximum=100), "minRetryConcurrency": UInt32,
                         "budgetInterval": Duration(positive=True)}),
-})
+}, checks=(check_traffic_policy,))
 
-Subset = Obj({"name": Str(min_len=1), "labels": Labels, "trafficPolicy": TrafficPolicy}, required=("name",))
+Subset = Obj({"name": Str(min_len=1, valid=subset_name_reason), "labels": Labels, "trafficPolicy": TrafficPolicy}, required=("name",))
 
 
 def _check_dr(value: dict[str, Any], path: str, errs: Errors) -> None:
@@ -642,3 +697,8 @@ DestinationRuleSpec = Obj({
     "exportTo": Strings,
     "workloadSelector": WorkloadSelector,
 }, required=("host",), checks=(_check_dr, check_export_to))
+
+
+def check_entry_export_to(value: dict[str, Any], path: str, errs: Errors) -> None:
+    """A ServiceEntry's exportTo, as Istio's validateExportTo checks it (isServiceEntry)."""
+    check_export_to(value, path, errs, entry=True)

@@ -238,6 +238,9 @@ MtlsMode = Str(enum=("UNSET", "DISABLE", "PERMISSIVE", "STRICT"))
 def _check_peer_authn(value: dict[str, Any], path: str, errs: Errors) -> None:
     if value.get("portLevelMtls") and not (value.get("selector") or {}).get("matchLabels"):
         errs.append((join(path, "portLevelMtls"), "requires a selector with matchLabels (as in Istio)"))
+    if value.get("portLevelMtls") == {}:        # istiod's ValidatePeerAuthentication: it sets nothing
+        errs.append((join(path, "portLevelMtls"), "port level mTLS, if defined, must have at least one element "
+                                                  "(Istio refuses it too)"))
 
 
 PeerAuthenticationSpec = Obj({

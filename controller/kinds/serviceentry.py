@@ -16,6 +16,8 @@ from typing import Any
 
 from controller.kinds.common import Cidr, Labels, Port, Strings
 from controller.kinds.hostnames import host_reason, is_ip
+from controller.kinds.istio_rules import port_name_reason
+from controller.kinds.networking import check_entry_export_to
 from controller.kinds.schema import Arr, Errors, Int, Map, Obj, Str, join
 
 RESOLUTIONS = ("NONE", "STATIC", "DNS", "DNS_ROUND_ROBIN", "DYNAMIC_DNS")
@@ -64,7 +66,7 @@ ServicePort = Obj({
     "number": Port,
     "protocol": Str(valid=_check_protocol, description="Istio port protocol (any case); HTTP, HTTP2 and GRPC "
                                                        "ports are routed by host at a waypoint."),
-    "name": Str(min_len=1, max_len=256),
+    "name": Str(min_len=1, max_len=256, valid=port_name_reason),
     "targetPort": Port,
 }, required=("number", "name"))
 
@@ -151,6 +153,10 @@ def _check_service_entry(value: dict[str, Any], path: str, errs: Errors) -> None
             errs.append((join(where, "address"), f"STATIC resolution needs an IP address, got {addr!r}"))
         if resolution in ("DNS", "DNS_ROUND_ROBIN") and not addr:
             errs.append((join(where, "address"), "required field is missing (a host name or IP to resolve)"))
+        elif resolution in ("DNS", "DNS_ROUND_ROBIN") and isinstance(addr, str) and not is_ip(addr) \
+                and (addr.startswith("*") or host_reason(addr)):
+            errs.append((join(where, "address"), f'endpoint address "{addr}" is not a valid FQDN or an IP address '
+                                                 "(Istio refuses it too): it is what ztunnel resolves"))
         names = {p.get("name") for p in value.get("ports") or []}
         for pname in e.get("ports") or {}:
             if pname not in names:
@@ -163,6 +169,20 @@ def _check_service_entry(value: dict[str, Any], path: str, errs: Errors) -> None
                 errs.append((f"{join(path, 'ports')}[{i}].protocol", "multiple hosts provided with non-HTTP, non-TLS "
                                                                      "ports (nothing tells the hosts apart)"))
                 break
+    if resolution in ("DNS", "DNS_ROUND_ROBIN") and not endpoints:
+        for i, h in enumerate(hosts):
+            if isinstance(h, str) and h.startswith("*"):
+                errs.append((f"{join(path, 'hosts')}[{i}]", f"hosts must be FQDN if no endpoints are provided for "
+                                                           f"resolution mode {resolution} (Istio refuses it too): a "
+                                                           "wildcard cannot be resolved; list endpoints or use NONE"))
+                break
+    names_seen: dict[str, int] = {}
+    for i, p in enumerate(value.get("ports") or []):
+        name = p.get("name")
+        if name in names_seen:
+            errs.append((f"{join(path, 'ports')}[{i}].name", f'service entry port name "{name}" already defined '
+                                                            f"(also ports[{names_seen[name]}]; Istio refuses it too)"))
+        names_seen.setdefault(name, i)
     seen: dict[int, int] = {}
     for i, p in enumerate(value.get("ports") or []):
         n = p.get("number")
@@ -182,7 +202,7 @@ ServiceEntrySpec = Obj({
     "endpoints": Arr(WorkloadEntryEndpoint, max_items=4096),
     "exportTo": Strings,
     "workloadSelector": EntryWorkloadSelector,
-}, required=("hosts",), checks=(_check_service_entry,), unsupported={
+}, required=("hosts",), checks=(_check_service_entry, check_entry_export_to), unsupported={
     "subjectAltNames": "subjectAltNames is not supported by Ambit: MESH_INTERNAL endpoints that are mesh pods are "
                        "verified by their own SPIFFE identity; for TLS origination set subjectAltNames on the "
                        "DestinationRule's tls",

@@ -43,7 +43,9 @@ Tracing = Obj({
     "providers": Arr(ProviderRef),
     "randomSamplingPercentage": Percentage,
     "disableSpanReporting": Bool(),
-    "customTags": Map(CustomTag),
+    # istiod's validateTelemetryTracing: "tag name may not be empty" (a span tag needs a key)
+    "customTags": Map(CustomTag, key=lambda k: None if isinstance(k, str) and k else
+                      "tag name may not be empty (Istio refuses it too)"),
     "useRequestIdForTraceSampling": Bool(),
     "enableIstioTags": Bool(),
 }, unsupported={

@@ -34,6 +34,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from controller.kinds.istio_rules import resolve_gateway_name
 from controller.translate.index import name_of, ns_of
 from controller.translate.visibility import export_text, visible_to
 from controller.validation import object_ref
@@ -160,7 +161,7 @@ def _gateways_in(m: Obj, ns: str) -> Obj:
     gws = m.get("gateways")
     if not gws:
         return m
-    return {**m, "gateways": [g if g == "mesh" or "/" in g else f"{ns}/{g}" for g in gws]}
+    return {**m, "gateways": [resolve_gateway_name(g, ns) for g in gws]}
 
 
 def _join(a: str, b: str) -> str:

@@ -51,6 +51,7 @@ from ambit.model import (
     WaypointRoutes,
 )
 from controller.kinds.istio_gateway import CLIENT_AUTH, TLS_VERSIONS, pin_hex
+from controller.kinds.istio_rules import resolve_gateway_name
 from controller.translate.blame import blame
 from controller.translate.credentials import CA_SUFFIX
 from controller.translate.credentials import read as read_credential
@@ -86,7 +87,7 @@ def bound_gateways(gateways: list[str] | None, vs_ns: str) -> set[str]:
     """A VirtualService's `gateways` as "ns/name" (and "mesh"); none given means the mesh only."""
     if not gateways:
         return {"mesh"}
-    return {g if g == "mesh" or "/" in g else f"{vs_ns}/{g}" for g in gateways}
+    return {resolve_gateway_name(g, vs_ns) for g in gateways}
 
 
 def _host_parts(host: str, gw_ns: str) -> tuple[str, str]:

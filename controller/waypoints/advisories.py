@@ -22,8 +22,7 @@ validator refuses what can never work; this module finds what is valid but does 
   mode (`ambient.istio.io/bypass-inbound-capture`), whose plaintext inbound they do not cover, and
   those pods (`controller.ingress_mode`).
 - Fields the waypoint accepts but does not apply (session persistence's idleTimeout, locality failover
-  without outlier detection, an http2KeepAlive timeout without interval, TLS
-  origination, PROXY protocol), fields it applies
+  without outlier detection, TLS origination, PROXY protocol), fields it applies
   differently from Istio (a fault without a percentage, `exponentialDelay`, a mirror to a host that
   is no mesh Service), `match.statPrefix`
   and the `retryOn` values Istio accepts that the waypoint does not apply (ambit.resilience).
@@ -77,6 +76,7 @@ from controller.waypoints.gateways import (
     merge_conditions,
     waypoint_for,
 )
+from controller.waypoints.istio_warnings import istio_warnings
 from controller.waypoints.label_advisories import label_notes
 from controller.waypoints.never_match import NEVER_MATCHES, never_matching
 from controller.waypoints.port_refs import PORT_NOT_FOUND, port_mismatches
@@ -103,10 +103,6 @@ NOT_APPLIED_GW_RULE = {
                                       "endpoint goes); Gateway API removed idleTimeout in v1.6, as no implementation "
                                       "applies it (Envoy's stateful session cannot either)",
 }
-# http2KeepAlive with a timeout but no interval: Envoy sends interval PINGs only with an interval, and
-# Istio sets no other kind (connection_idle_interval), so nothing is ever sent (waypoint/traffic/lifetime.py).
-KEEPALIVE_WITHOUT_INTERVAL = ("accepted, not applied: without interval no HTTP/2 PING is sent, so the timeout "
-                              "never applies (as in Envoy's connection_keepalive)")
 # Istio's own warning ("outlier detection policy must be provided for failover"): without outlier
 # detection no endpoint is ever unhealthy, so Istio does not prioritise by locality at all.
 LOCALITY_NEEDS_OUTLIER = ("accepted, not applied: locality failover applies only with outlierDetection in the same "
@@ -164,6 +160,7 @@ def advisories(objects: list[Obj], cluster_domain: str = "cluster.local", transl
             for n in tr.credentials.notes]
     for o in good:
         kind = o.get("kind")
+        out += [Advisory(object_ref(o), p, why, NOT_ENFORCED) for p, why in istio_warnings(o)]
         if kind == "AuthorizationPolicy":
             out += _policy(o, gateways, svc_waypoint, root_namespace)
             out += custom_advisories(o, tr.mesh_settings[0] if tr.mesh_settings else None)
@@ -716,9 +713,6 @@ def _policy_fields(p: Obj | None, base: str, entry: bool = False, outlier: bool 
     (the host's, for a subset or port) has outlier detection."""
     outlier = outlier or (p or {}).get("outlierDetection") is not None
     out = []
-    keepalive = (((p or {}).get("connectionPool") or {}).get("http") or {}).get("http2KeepAlive") or {}
-    if keepalive.get("timeout") and not keepalive.get("interval"):
-        out.append((f"{base}.connectionPool.http.http2KeepAlive.timeout", KEEPALIVE_WITHOUT_INTERVAL))
     loc = ((p or {}).get("loadBalancer") or {}).get("localityLbSetting")
     if loc is not None and loc.get("enabled") is not False and not loc.get("distribute") \
             and not outlier:

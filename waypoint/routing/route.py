@@ -123,7 +123,8 @@ def _decide(table: RouteTable, r: CompiledRoute, matched: RequestMatcher | None,
             down: Downstream, rand: RandomSource, endpoints: session.Endpoints | None = None) -> Decision:
     model = r.route
     path_matcher: StringMatcher | None = matched.path if matched is not None else None
-    # Istio checks redirect before directResponse (route.go TranslateRoute); both may be set.
+    # Istio checks redirect before directResponse (route.go TranslateRoute); validation refuses both
+    # on one route, as istiod does, and a fault beside either (answered here, no fault is ever injected)
     if model.redirect is not None or model.direct_response is not None:
         return _answer(r, head, down, path_matcher)
     chosen = None

@@ -114,8 +114,10 @@ def test_tcp_and_tls_routes_of_a_virtual_service_whose_hosts_miss_the_server_are
     VirtualService's tcp and tls routes serve a server only when its hosts meet the server's. They
     were served whatever the hosts; the warning says none is served."""
     dest = [{"destination": {"host": "echo", "port": {"number": 80}}}]
+    # an SNI host is within the VirtualService's hosts (istiod's validateSniHost refuses another)
     v = vs("b", ["b.example.com"], ["gw"], tcp=[{"route": dest}],
-           tls=[{"match": [{"sniHosts": ["a.example.com"]}], "route": dest}])
+           tls=[{"match": [{"sniHosts": ["b.example.com"]}], "route": dest}])
+    tls_a = [{"match": [{"sniHosts": ["a.example.com"]}], "route": dest}]
     gw = istio_gateway(server("a.example.com"), server("a.example.com", port=9000, protocol="TCP"),
                        server("a.example.com", port=9443, protocol="TLS", tls={"mode": "PASSTHROUGH"}), name="gw")
     why = warned(gw, v)[("VirtualService/web/b", "spec.gateways[0]")]
@@ -127,5 +129,5 @@ def test_tcp_and_tls_routes_of_a_virtual_service_whose_hosts_miss_the_server_are
                 for h in ln.hosts for r in [*h.http, *h.tcp] if r.source == "VirtualService/web/b"}
     assert served(v) == set()
     # with a host in common (or a wildcard one) they are served, by port and SNI
-    assert served({**v, "spec": {**v["spec"], "hosts": ["a.example.com"]}}) == {"HTTP", "TCP", "TLS"}
-    assert served({**v, "spec": {**v["spec"], "hosts": ["*.example.com"]}}) == {"HTTP", "TCP", "TLS"}
+    assert served({**v, "spec": {**v["spec"], "hosts": ["a.example.com"], "tls": tls_a}}) == {"HTTP", "TCP", "TLS"}
+    assert served({**v, "spec": {**v["spec"], "hosts": ["*.example.com"], "tls": tls_a}}) == {"HTTP", "TCP", "TLS"}

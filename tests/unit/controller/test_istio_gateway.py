@@ -167,8 +167,8 @@ def test_tls_passthrough_and_tcp_servers_take_the_virtual_services_tls_and_tcp_r
         {"match": [{"port": 443, "sniHosts": ["nginx.example.com"]}], "route": [dest]},
         {"match": [{"sniHosts": ["other.example.org"]}], "route": [dest]},          # outside the server's host
         {"match": [{"sniHosts": ["nginx.example.com"]}], "route": [dest]},          # shadowed by the first
-        {"match": [{"port": 8443, "sniHosts": ["x.example.com"]}], "route": [dest]},  # another port
-        {"match": [{"sniHosts": ["y.example.com"], "sourceLabels": {"app": "a"}}], "route": [dest]}])
+        {"match": [{"port": 8443, "sniHosts": ["nginx.example.com"]}], "route": [dest]},  # another port
+        {"match": [{"sniHosts": ["nginx.example.com"], "sourceLabels": {"app": "a"}}], "route": [dest]}])
     echo = vs("tcp-echo", ["*"], ["bookinfo-gateway"], http=[], tcp=[
         {"match": [{"port": 31400}], "route": [{**dest, "weight": 80},
                                                {"destination": {"host": "echo", "subset": "v2",
@@ -190,35 +190,35 @@ def test_tls_passthrough_and_tcp_servers_take_the_virtual_services_tls_and_tcp_r
 @pytest.mark.parametrize(("server", "path", "reason"), [
     ({"port": {"number": 5353, "name": "dns", "protocol": "UDP"}, "hosts": ["*"]},
      "spec.servers[0].port.protocol", '"UDP" is not supported by Ambit\'s ingress gateway yet'),
-    ({"port": {"number": 443, "protocol": "HTTPS"}, "hosts": ["*"], "tls": {"mode": "PASSTHROUGH"}},
+    ({"port": {"number": 443, "name": "p", "protocol": "HTTPS"}, "hosts": ["*"], "tls": {"mode": "PASSTHROUGH"}},
      "spec.servers[0].tls.mode", '"PASSTHROUGH" is not supported'),
-    ({"port": {"number": 443, "protocol": "TLS"}, "hosts": ["*"], "tls": {"mode": "SIMPLE", "credentialName": "c"}},
+    ({"port": {"number": 443, "name": "p", "protocol": "TLS"}, "hosts": ["*"], "tls": {"mode": "SIMPLE", "credentialName": "c"}},
      "spec.servers[0].tls.mode", '"SIMPLE" is not supported by Ambit\'s ingress gateway on a TLS server'),
-    ({"port": {"number": 443, "protocol": "TLS"}, "hosts": ["*"],
+    ({"port": {"number": 443, "name": "p", "protocol": "TLS"}, "hosts": ["*"],
       "tls": {"mode": "PASSTHROUGH", "credentialName": "c"}},
      "spec.servers[0].tls.credentialName", "not used with PASSTHROUGH"),
-    ({"port": {"number": 443, "protocol": "TLS"}, "hosts": ["*"]}, "spec.servers[0].tls", "required"),
-    ({"port": {"number": 31400, "protocol": "TCP"}, "hosts": ["*"], "tls": {"mode": "PASSTHROUGH"}},
+    ({"port": {"number": 443, "name": "p", "protocol": "TLS"}, "hosts": ["*"]}, "spec.servers[0].tls", "required"),
+    ({"port": {"number": 31400, "name": "p", "protocol": "TCP"}, "hosts": ["*"], "tls": {"mode": "PASSTHROUGH"}},
      "spec.servers[0].tls", "must not be set when protocol is TCP"),
-    ({"port": {"number": 443, "protocol": "HTTPS"}, "hosts": ["*"], "tls": {"mode": "SIMPLE"}},
+    ({"port": {"number": 443, "name": "p", "protocol": "HTTPS"}, "hosts": ["*"], "tls": {"mode": "SIMPLE"}},
      "spec.servers[0].tls.credentialName", "required"),
-    ({"port": {"number": 443, "protocol": "HTTPS"}, "hosts": ["*"],
+    ({"port": {"number": 443, "name": "p", "protocol": "HTTPS"}, "hosts": ["*"],
       "tls": {"mode": "SIMPLE", "serverCertificate": "/etc/certs/cert.pem"}},
      "spec.servers[0].tls.serverCertificate", "serverCertificate is not supported"),
-    ({"port": {"number": 443, "protocol": "HTTPS"}, "hosts": ["*"],
+    ({"port": {"number": 443, "name": "p", "protocol": "HTTPS"}, "hosts": ["*"],
       "tls": {"mode": "SIMPLE", "credentialName": "c", "minProtocolVersion": "TLSV1_0"}},
      "spec.servers[0].tls.minProtocolVersion", "TLS 1.2 and 1.3 only"),
-    ({"port": {"number": 443, "protocol": "HTTPS"}, "hosts": ["*"],
+    ({"port": {"number": 443, "name": "p", "protocol": "HTTPS"}, "hosts": ["*"],
       "tls": {"mode": "SIMPLE", "credentialName": "c", "subjectAltNames": ["spiffe://partner/app"]}},
      "spec.servers[0].tls.subjectAltNames", "only with mode MUTUAL or OPTIONAL_MUTUAL"),
-    ({"port": {"number": 443, "protocol": "HTTPS"}, "hosts": ["*"],
+    ({"port": {"number": 443, "name": "p", "protocol": "HTTPS"}, "hosts": ["*"],
       "tls": {"mode": "MUTUAL", "credentialName": "c", "caCertificates": "/etc/certs/ca.pem"}},
      "spec.servers[0].tls.caCertificates", "the CA is the Secret's ca.crt"),
-    ({"port": {"number": 443, "protocol": "HTTPS"}, "hosts": ["*"], "tls": {"mode": "ISTIO_MUTUAL"}},
+    ({"port": {"number": 443, "name": "p", "protocol": "HTTPS"}, "hosts": ["*"], "tls": {"mode": "ISTIO_MUTUAL"}},
      "spec.servers[0].tls.mode", '"ISTIO_MUTUAL" is not supported'),
-    ({"port": {"number": 80, "protocol": "HTTP"}, "hosts": ["*"], "bind": "0.0.0.0"},
+    ({"port": {"number": 80, "name": "p", "protocol": "HTTP"}, "hosts": ["*"], "bind": "0.0.0.0"},
      "spec.servers[0].bind", "bind is not supported"),
-    ({"port": {"number": 80, "protocol": "HTTP"}, "hosts": ["a/b/c"]},
+    ({"port": {"number": 80, "name": "p", "protocol": "HTTP"}, "hosts": ["a/b/c"]},
      "spec.servers[0].hosts[0]", 'must be "host" or "namespace/host"'),
 ])
 def test_schema_refuses_what_is_not_built(server: dict[str, Any], path: str, reason: str) -> None:

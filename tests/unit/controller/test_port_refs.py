@@ -66,7 +66,7 @@ def vs(spec: Obj, name: str = "v") -> Obj:
 def matched(section: str, port: int) -> Obj:
     rule: Obj = {"match": [{"port": port}], "route": [{"destination": {"host": "other"}}]}
     if section == "tls":
-        rule["match"][0]["sniHosts"] = ["myapp.example.com"]
+        rule["match"][0]["sniHosts"] = ["myapp"]       # within the hosts, as istiod requires
     return vs({section: [rule]})
 
 

@@ -194,14 +194,17 @@ def _policy(variant: int) -> Json:
 def _dr(name: str, variant: int) -> Json:
     top = _policy(variant)
     top.update({"portLevelSettings": [{"port": {"number": 8080}, **_policy(variant)}],
-                "proxyProtocol": {"version": "V2"},
                 "retryBudget": {"percent": 20, "minRetryConcurrency": 3},
                 "tunnel": {"targetHost": "proxy.example.com", "targetPort": 8443}})
+    # tunnel and proxyProtocol in different policies (istiod refuses them together), each at either level
+    sub = {k: v for k, v in copy.deepcopy(top).items() if k != "tunnel"}
+    sub["proxyProtocol"] = {"version": "V2"}
+    if variant % 2:
+        top, sub = {**sub, "proxyProtocol": sub["proxyProtocol"]}, {**top}
     spec: Json = {"host": "echo", "trafficPolicy": top,
-                  "subsets": [{"name": "v1", "labels": {"version": "v1"}, "trafficPolicy": copy.deepcopy(top)}]}
+                  "subsets": [{"name": "v1", "labels": {"version": "v1"}, "trafficPolicy": sub}]}
     if not variant:
         spec["workloadSelector"] = {"matchLabels": {"app": "echo"}}
-        del spec["subsets"][0]["trafficPolicy"]["tunnel"]
     return _obj(_NET, "DestinationRule", name, spec)
 
 
@@ -229,7 +232,7 @@ def extra_seeds() -> list[Json]:
             "selector": {"matchLabels": {"app": "echo"}},
             "jwtRules": [{"issuer": "https://issuer.example.com", "jwksUri": "https://issuer.example.com/keys"}]}),
         _obj(_NET, "VirtualService", "more", {
-            "hosts": ["echo"],
+            "hosts": ["echo", "echo.example.com"],      # the tls route's SNI is one of the hosts (istiod)
             "http": [{"match": [{"port": 8080}],
                       "route": [{"destination": {"host": "echo", "port": {"number": 8080}}}],
                       "corsPolicy": {"allowOrigins": [{"exact": "https://a.example.com"}], "unmatchedPreflights": "IGNORE"},

@@ -208,10 +208,12 @@ def test_refused_fields_stay_in_the_crds_so_the_api_server_does_not_prune_them()
     assert "not supported" in rule["presence"]["description"]
 
 
-def test_http2_keepalive_is_honoured_and_a_timeout_without_interval_draws_a_warning() -> None:
+def test_http2_keepalive_is_honoured_and_a_timeout_without_interval_is_refused() -> None:
     """http2KeepAlive with an interval is applied by the waypoint (PINGs on h2 upstreams,
-    waypoint/traffic/lifetime.py): no warning. A timeout alone sends no PING (Envoy sends interval
-    PINGs only), so `ambit apply` says so, naming the field."""
+    waypoint/traffic/lifetime.py): no warning. A timeout alone would send no PING (Envoy sends
+    interval PINGs only): refused, as istiod refuses it ("http2 keepalive interval is required"),
+    where it used to be accepted with a warning."""
+    from controller.validation import validate_object
     from controller.waypoints.advisories import advisories
 
     def dr(keepalive: Any) -> Any:
@@ -220,5 +222,5 @@ def test_http2_keepalive_is_honoured_and_a_timeout_without_interval_draws_a_warn
                 "spec": {"host": "h", "trafficPolicy": {"connectionPool": {"http": {"http2KeepAlive": keepalive}}}}}
     field = "spec.trafficPolicy.connectionPool.http.http2KeepAlive"
     assert not [a for a in advisories([dr({"interval": "30s", "timeout": "5s"})]) if a.path.startswith(field)]
-    warned = [a for a in advisories([dr({"timeout": "5s"})]) if a.path.startswith(field)]
-    assert [a.path for a in warned] == [f"{field}.timeout"] and "no HTTP/2 PING is sent" in warned[0].reason
+    assert [(e.path, "interval is required" in e.reason) for e in validate_object(dr({"timeout": "5s"}))] == [
+        (f"{field}.interval", True)]

@@ -516,7 +516,7 @@ def request_seeds() -> tuple[Obj, ...]:
                                 "delay": {"percentage": {"value": 50}, "fixedDelay": "2s"}},
                       "mirrors": [{"destination": {"host": "echo-v1"}, "percentage": {"value": 50}},
                                   {"destination": {"host": "static.example.com", "subset": "two"}}],
-                      "headers": {"request": {"set": {"x-s": "%DOWNSTREAM_REMOTE_ADDRESS%"}, "remove": ["cookie"]},
+                      "headers": {"request": {"set": {"x-s": "downstream"}, "remove": ["cookie"]},
                                   "response": {"add": {"x-r": "1"}, "remove": ["x-origin"]}},
                       "corsPolicy": {"allowOrigins": [{"prefix": "https://"}], "allowMethods": ["GET", "PUT"],
                                      "allowHeaders": ["*"], "exposeHeaders": ["*"], "maxAge": "1s",

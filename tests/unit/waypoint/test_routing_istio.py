@@ -289,8 +289,13 @@ def test_a_decision_carries_its_routes_name_and_policy() -> None:
     assert d.policy is not None and d.policy.timeout == 1.5
 
 
-def test_redirect_is_checked_before_direct_response() -> None:
-    """Both may be set (the validator allows it, as Istio does); Istio's route translation checks
-    `redirect` first."""
-    d = go([{"redirect": {"uri": "/moved"}, "directResponse": {"status": 200, "body": {"string": "x"}}}])
+def test_redirect_and_direct_response_together_are_refused_not_half_applied() -> None:
+    """istiod's webhook refuses both on one route ("HTTP route rule cannot contain both
+    direct_response and redirect"). Ambit used to accept them and answer with the redirect,
+    dropping the direct response without a word."""
+    from controller.validation import validate_object
+
+    both = vs([{"redirect": {"uri": "/moved"}, "directResponse": {"status": 200, "body": {"string": "x"}}}])
+    assert [e.path for e in validate_object(both)] == ["spec.http[0]"]
+    d = go([{"redirect": {"uri": "/moved"}}])
     assert isinstance(d, LocalReply) and d.status == 301 and dict(d.headers)["location"] == "http://myapp/moved"

@@ -134,7 +134,7 @@ def test_the_controller_carries_tls_routes_bound_to_the_mesh_only() -> None:
     objs = [{"apiVersion": "v1", "kind": "Service", "metadata": {"name": "edge", "namespace": "default"},
              "spec": {"clusterIP": "10.96.0.30", "selector": {"app": "edge"}, "ports": [{"name": "tls", "port": 443}]}},
             {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService", "metadata": {"name": "edge", "namespace": "default"},
-             "spec": {"hosts": ["edge"], "tls": [
+             "spec": {"hosts": ["edge", "*.example.com"], "tls": [      # SNIs within the hosts (istiod)
                  {"match": [{"sniHosts": ["a.example.com"], "port": 443}, {"sniHosts": ["b.example.com"],
                                                                           "gateways": ["ingress"]}],
                   "route": [{"destination": {"host": "edge", "port": {"number": 443}}}]}]}}]
