@@ -220,4 +220,4 @@ def check_sni_hosts(value: dict[str, Any], path: str, errs: Errors) -> None:
                 if not any(_subset_of(sni, h) for h in hosts):
                     errs.append((f"{join(path, 'tls')}[{i}].match[{j}].sniHosts[{k}]",
                                  f'SNI host "{sni}" is not a compatible subset of any of the virtual service hosts: '
-                                 f"[{', '.join(hosts)}] (Istio refuses it too): the route would never see it"))
+                                 f"[{', '.join(hosts)}] (Istio refuses it too)"))
