@@ -4,7 +4,8 @@ kinds, which Istio's CRDs do not carry.
 Ambit has no istiod in front of it, so a value istiod refuses reached the translation: a route
 with both a redirect and a direct response answered with the redirect and dropped the response, a
 fault beside a redirect was never injected, a gateway name such as `ns/Bad_Name` or a subset name
-such as `v 1` named nothing, an SNI host outside the VirtualService's hosts never matched. Each is
+such as `v 1` named nothing, and an SNI host outside the VirtualService's hosts made a route that
+Istio refuses (Ambit's waypoint routed it; YAML that applies here must apply in Istio). Each is
 refused here, at its field, with istiod's reason (its wording kept where it is clear).
 """
 
