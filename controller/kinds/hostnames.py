@@ -68,6 +68,12 @@ def host_reason(text: str, *, ip: bool = False) -> str | None:
     return None
 
 
+def host_or_ip_reason(text: str) -> str | None:
+    """`host_reason` where an IP address is a host too (a VirtualService's `hosts` and `sniHosts`,
+    an Istio Gateway server's host)."""
+    return host_reason(text, ip=True)
+
+
 def host_matches(a: str, b: str) -> bool:
     """Istio's host.Name.Matches, case-insensitive: equal names, or a wildcard (`*` or `*.x`)
     whose suffix the other ends with. Two hosts of one VirtualService that match each other would
@@ -80,5 +86,15 @@ def host_matches(a: str, b: str) -> bool:
     if aw:
         return b.endswith(a[1:])
     if bw:
+        return a.endswith(b[1:])
+    return a == b
+
+
+def host_subset_of(a: str, b: str) -> bool:
+    """Istio's host.Name.SubsetOf, case-insensitive: every name `a` matches, `b` matches too."""
+    a, b = a.lower(), b.lower()
+    if a.startswith("*"):
+        return b.startswith("*") and a[1:].endswith(b[1:])
+    if b.startswith("*"):
         return a.endswith(b[1:])
     return a == b

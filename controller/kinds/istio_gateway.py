@@ -21,7 +21,7 @@ import re
 from typing import Any
 
 from controller.kinds.common import Labels, Port, check_ingress_port
-from controller.kinds.hostnames import host_reason, is_ip
+from controller.kinds.hostnames import host_or_ip_reason, is_ip
 from controller.kinds.istio_rules import check_label, port_name_reason
 from controller.kinds.schema import Arr, Bool, Errors, Obj, Str, join
 
@@ -108,7 +108,7 @@ def _check_host(value: str) -> str | None:
 
     if "*" in host and host != "*" and not (host.startswith("*.") and "*" not in host[2:]):
         return f'"{host}": a wildcard must be "*" or a leading "*." label'
-    return host_reason(host, ip=True)
+    return host_or_ip_reason(host)
 
 
 def _check_server(value: dict[str, Any], path: str, errs: Errors) -> None:

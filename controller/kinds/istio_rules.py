@@ -17,7 +17,7 @@ import re
 from typing import Any
 
 from controller.kinds.common import header_value_reason
-from controller.kinds.hostnames import host_reason, is_ip
+from controller.kinds.hostnames import host_reason, host_subset_of, is_ip
 from controller.kinds.schema import Errors, join
 
 # istio pkg/config/labels IsDNS1123Label: a DNS label of at most 63 characters, upper case allowed
@@ -196,20 +196,11 @@ def check_gateway_names(names: Any, path: str, errs: Errors) -> None:
                 errs.append((f"{path}[{i}]", why))
 
 
-def _subset_of(a: str, b: str) -> bool:
-    """Istio's host.Name.SubsetOf, case-insensitive: every name `a` matches, `b` matches too."""
-    a, b = a.lower(), b.lower()
-    if a.startswith("*"):
-        return b.startswith("*") and a[1:].endswith(b[1:])
-    if b.startswith("*"):
-        return a.endswith(b[1:])
-    return a == b
-
-
 def check_sni_hosts(value: dict[str, Any], path: str, errs: Errors) -> None:
     """istiod's validateSniHost: each `tls[].match[].sniHosts` entry is within one of the
-    VirtualService's hosts. The route is looked up by those hosts, so an SNI outside them is
-    never seen by it. An IP address is left alone (Istio only warns that no client sends one)."""
+    VirtualService's hosts. Ambit's waypoint would route another name too (it matches the SNI of
+    connections to those hosts), but Istio refuses the object, and YAML that applies here must
+    apply in Istio. An IP address is left alone (Istio only warns that no client sends one)."""
     hosts = [h for h in value.get("hosts") or [] if isinstance(h, str)]
     if not hosts:
         return      # a delegate (or invalid): its tls routes are refused on their own
@@ -218,7 +209,7 @@ def check_sni_hosts(value: dict[str, Any], path: str, errs: Errors) -> None:
             for k, sni in enumerate((m or {}).get("sniHosts") or [] if isinstance(m, dict) else []):
                 if not isinstance(sni, str) or is_ip(sni) or host_reason(sni, ip=True):
                     continue
-                if not any(_subset_of(sni, h) for h in hosts):
+                if not any(host_subset_of(sni, h) for h in hosts):
                     errs.append((f"{join(path, 'tls')}[{i}].match[{j}].sniHosts[{k}]",
                                  f'SNI host "{sni}" is not a compatible subset of any of the virtual service hosts: '
                                  f"[{', '.join(hosts)}] (Istio refuses it too)"))

@@ -52,7 +52,7 @@ from controller.kinds.dr_rules import (
     tunnel_host_reason,
     tunnel_protocol_reason,
 )
-from controller.kinds.hostnames import host_matches, host_reason
+from controller.kinds.hostnames import host_matches, host_or_ip_reason, host_reason
 from controller.kinds.istio_rules import (
     check_authority_once,
     check_fault,
@@ -300,16 +300,10 @@ def _check_l4_route(value: dict[str, Any], path: str, errs: Errors) -> None:
             check_gateway_names(m.get("gateways"), f"{join(path, 'match')}[{i}].gateways", errs)
 
 
-def _sni_host_reason(text: str) -> str | None:
-    """Istio's validateSniHost: a (wildcard) DNS name. An IP address passes (Istio warns that it
-    goes against RFC 6066; a client that sends one as its server name is matched by it)."""
-    return host_reason(text, ip=True)
-
-
 TCPRoute = Obj({"match": Arr(L4MatchAttributes), "route": Arr(RouteDestination, min_items=1)},
                required=("route",), checks=(_check_l4_route,))
 TLSRoute = Obj({
-    "match": Arr(L4MatchAttributes.extend({"sniHosts": Arr(Str(min_len=1, valid=_sni_host_reason), min_items=1)},
+    "match": Arr(L4MatchAttributes.extend({"sniHosts": Arr(Str(min_len=1, valid=host_or_ip_reason), min_items=1)},
                                           required=("sniHosts",)),
                  min_items=1),
     "route": Arr(RouteDestination, min_items=1),
@@ -386,7 +380,7 @@ def _check_vs_hosts(value: dict[str, Any], path: str, errs: Errors) -> None:
 
 
 VirtualServiceSpec = Obj({
-    "hosts": Arr(Str(min_len=1, valid=lambda text: host_reason(text, ip=True))),
+    "hosts": Arr(Str(min_len=1, valid=host_or_ip_reason)),
     "gateways": Strings,
     "http": Arr(HTTPRoute),
     "tcp": Arr(TCPRoute),
