@@ -71,6 +71,10 @@ class Running:
         for line in f:
             into.append(line)
 
+    def records(self) -> list[dict]:
+        """The script's records so far (it goes on)."""
+        return [json.loads(x) for x in list(self.out) if x.strip()]
+
     def communicate(self, input: str = "", timeout: float = 30) -> tuple[str, str]:  # noqa: A002 - Popen's name
         """Stop the script (EOF on its stdin) and return (its stdout, its stderr), as Popen's."""
         self.p.stdin.write(input)

@@ -28,7 +28,10 @@ def test_surge_roll_of_a_node_fails_no_new_connection(fresh_lab):
         rolled = lab.ambit("lab", "roll", "node1", "--surge", timeout=90)
         ended = time.time()
         assert "rolled (surge)" in rolled.stdout, rolled.stdout
-        time.sleep(0.5)                 # traffic through the new node pod alone
+        # traffic through the new node pod alone: a loaded machine makes fewer connections a second
+        # (a fixed 0.5 s here saw none once), so wait for one
+        lab.wait_for(lambda: [r for r in traffic.records() if r["kind"] == "short" and r["t"] > ended],
+                     timeout=20, interval=0.2, what="a short connection after the roll")
     finally:
         lines, err = traffic.communicate(input="", timeout=30)
     recs = [json.loads(x) for x in lines.splitlines() if x.strip()]
