@@ -16,7 +16,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -110,6 +110,24 @@ def waypoint_log(lab: Lab) -> str:
     return (lab.dir / "logs" / "waypoint-default-waypoint.log").read_text(errors="replace")
 
 
+def access_records(lab: Lab, *needles: str, at_least: int = 1, where: Callable[[dict], bool] | None = None,
+                   timeout: float = 5.0) -> list[dict]:
+    """The waypoint's access records whose line holds every needle (and that `where` accepts),
+    once there are `at_least` of them. The waypoint writes its access lines at the end of an
+    event-loop iteration, after the response's last bytes, so a client can be done before its line
+    is in the log: wait for it (up to `timeout`; then the caller's assertion says what is missing)."""
+    def got() -> list[dict]:
+        recs = [json.loads(x.split("access: ", 1)[1]) for x in waypoint_log(lab).splitlines()
+                if "ambit.waypoint.access: " in x and all(n in x for n in needles)]
+        return [r for r in recs if where is None or where(r)]
+    try:
+        lab.wait_for(lambda: len(got()) >= at_least, timeout=timeout, interval=0.1,
+                     what=f"{at_least} access lines with {needles}")
+    except AssertionError:
+        pass
+    return got()
+
+
 @pytest.fixture(scope="module")
 def wlab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     with running_lab(tmp_path_factory.mktemp("wlab"), "hwp", SPEC, "waypoint-lab") as lab:
@@ -147,8 +165,7 @@ def test_requests_go_through_the_waypoint_with_the_source_preserved(wlab: Lab) -
     front = wlab.pod("default/frontend")["ip"]
     r = wlab.curl("default/frontend", "http://myapp/", "-H", "x-request-id: hwp-path-1")
     assert r["peer"].split(":")[0] == front            # Forwarded from the waypoint, honoured
-    line = next(json.loads(x.split("access: ", 1)[1]) for x in waypoint_log(wlab).splitlines()
-                if "hwp-path-1" in x and "ambit.waypoint.access" in x)
+    line = access_records(wlab, "hwp-path-1")[0]
     assert line["downstream_peer_principal"] == "spiffe://cluster.local/ns/default/sa/frontend"
     assert line["destination_service"] == "default/myapp" and line["response_code"] == 200
     assert line["source_workload"] == "frontend" and line["request_id"] == "hwp-path-1"
@@ -293,8 +310,7 @@ def test_destination_rule_tls_istio_mutual_is_warned_and_traffic_stays_mesh_mtls
         assert "myapp-tls" in wlab.ambit("get", "destinationrule", "-n", "default").stdout
         got = versions(many(wlab, "default/frontend", "http://myapp/", 30, "-H", "x-request-id: hwp-drtls"))
         assert set(got) == {"v1", "v2", "v3"}, got
-        lines = [json.loads(x.split("access: ", 1)[1]) for x in waypoint_log(wlab).splitlines()
-                 if "hwp-drtls" in x and "ambit.waypoint.access" in x]
+        lines = access_records(wlab, "hwp-drtls", at_least=30)
         assert len(lines) == 30 and all(x["response_code"] == 200 and x["downstream_peer_principal"]
                                         == "spiffe://cluster.local/ns/default/sa/frontend" for x in lines), lines[:2]
     finally:
@@ -527,9 +543,10 @@ def test_a_non_http_protocol_to_a_waypointed_service_is_forwarded_at_l4(wlab: La
     res = json.loads(p.stdout)
     assert res["end"]["sum_received"]["bytes"] > 1_000_000
     # the waypoint relayed it as opaque TCP (iperf3's data connection carried the bulk)
-    tcp = [json.loads(x.split("access: ", 1)[1]) for x in waypoint_log(wlab).splitlines()
-           if "ambit.waypoint.access" in x and '"protocol": "TCP"' in x]
-    assert any(r["bytes_received"] > 1_000_000 and r["downstream_remote_address"] == wlab.pod("default/frontend")["ip"] for r in tcp), tcp
+    front_ip = wlab.pod("default/frontend")["ip"]
+    tcp = access_records(wlab, '"protocol": "TCP"', where=lambda r: r["bytes_received"] > 1_000_000
+                         and r["downstream_remote_address"] == front_ip)
+    assert tcp, "no TCP access line for iperf3's data connection"
     # and reported it with Istio's TCP metrics, reporter="waypoint" (control and data connections)
     sel = {"reporter": "waypoint", "source_workload": "frontend", "destination_service_name": "iperf",
            "destination_service_namespace": "default", "request_protocol": "tcp",
@@ -730,8 +747,7 @@ def test_waypoint_for_all_takes_traffic_addressed_to_pods_too(wlab: Lab) -> None
                       timeout=15, interval=0.5, what="workload traffic through the waypoint")
         r = wlab.curl("default/frontend", f"http://{v1}:8080/", "-H", "x-request-id: hwp-wl-1")
         assert r["pod"] == "myapp-v1" and r["peer"].split(":")[0] == wlab.pod("default/frontend")["ip"]
-        line = next(x for x in waypoint_log(wlab).splitlines() if "hwp-wl-1" in x and "ambit.waypoint.access" in x)
-        assert '"route_name": "passthrough"' in line
+        assert access_records(wlab, "hwp-wl-1")[0]["route_name"] == "passthrough"
     finally:
         apply(wlab, [GATEWAY], wlab.tmp, "gateway")  # type: ignore[attr-defined]
         wlab.wait_for(lambda: status_of(wlab, "default/frontend", f"http://{v1}:8080/")[0] == 0,

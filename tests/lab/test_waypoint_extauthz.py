@@ -26,7 +26,7 @@ import pytest
 import yaml
 
 from tests.lab.labctl import Lab, running_lab
-from tests.lab.test_waypoint import GATEWAY, apply, status_of, waypoint_log, waypoints
+from tests.lab.test_waypoint import GATEWAY, access_records, apply, status_of, waypoints
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root")
 
@@ -132,8 +132,7 @@ def test_tcp_connections_are_checked_by_the_grpc_provider_on_their_principal(xla
     xlab.wait_for(lambda: tcp(xlab, "default/tcp-client") == "hello ping", timeout=20, interval=0.5,
                   what="the allowed principal's bytes through the check")
     assert tcp(xlab, "default/frontend") == ""
-    recs = [json.loads(x.split("access: ", 1)[1]) for x in waypoint_log(xlab).splitlines()
-            if "ambit.waypoint.access" in x and '"protocol": "TCP"' in x and "UAEX" in x]
+    recs = access_records(xlab, '"protocol": "TCP"', "UAEX")
     assert recs and "ext_authz authz-grpc (policy default/ext-authz-tcp-echo) denied" in \
         recs[-1]["response_code_details"], recs[-1:]
 

@@ -21,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from ambit.dataplane import endpoint
 from ambit.dataplane.telemetry.metrics import scrape
 from tests.lab.labctl import Lab, running_lab
-from tests.lab.test_waypoint import GATEWAY, apply, delete, status_of, waypoint_log, waypoints
+from tests.lab.test_waypoint import GATEWAY, access_records, apply, delete, status_of, waypoints
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root")
 
@@ -46,11 +46,6 @@ def codes_and_times(lab: Lab, url: str, n: int, *opts: str) -> list[tuple[int, f
     out = [(int(c), float(t)) for c, t in (line.split() for line in p.stdout.splitlines() if line.strip())]
     assert len(out) == n, (p.stdout[-500:], p.stderr[-500:])
     return out
-
-
-def access(lab: Lab) -> list[dict]:
-    return [json.loads(x.split("access: ", 1)[1]) for x in waypoint_log(lab).splitlines()
-            if "ambit.waypoint.access" in x and "access: " in x]
 
 
 def metric(lab: Lab, name: str, **labels: str) -> float:
@@ -122,7 +117,7 @@ def test_abort_at_50_percent_lands_within_tolerance_flagged_fi(flab: Lab) -> Non
         aborted = sum(c == 503 for c, _ in res)
         assert {c for c, _ in res} <= {200, 503}
         assert within(aborted, n, 0.5), f"{aborted}/{n} aborted"
-        lines = [x for x in access(flab) if x.get("path", "").startswith("/abort?n=")]
+        lines = access_records(flab, '"/abort?n=', where=lambda x: x["path"].startswith("/abort?n="), at_least=n)
         assert len(lines) == n
         fi = [x for x in lines if x["response_flags"] == "FI"]
         assert len(fi) == aborted and all(x["response_code"] == 503 and "upstream_host" not in x for x in fi)
@@ -141,7 +136,8 @@ def test_a_delay_adds_its_time_and_splits_at_50_percent(flab: Lab) -> None:
     try:
         res = codes_and_times(flab, "http://myapp/delay100", 10)
         assert all(c == 200 and t >= 0.3 for c, t in res), res
-        assert all(x["response_flags"] == "DI" for x in access(flab) if x.get("path", "").startswith("/delay100?"))
+        lines = access_records(flab, '"/delay100?n=', where=lambda x: x["path"].startswith("/delay100?n="), at_least=10)
+        assert len(lines) == 10 and all(x["response_flags"] == "DI" for x in lines), lines
         f = apply(flab, [vs("myapp-delay", "myapp", [{
             "fault": {"delay": {"fixedDelay": "300ms", "percentage": {"value": 50}}},
             "route": [{"destination": {"host": "myapp"}}]}])], flab.tmp, "delay")  # type: ignore[attr-defined]
@@ -172,7 +168,7 @@ def test_grpc_abort_unavailable_reaches_a_grpcio_client(flab: Lab) -> None:
         lambda: call().get("code") == "UNAVAILABLE", "the gRPC abort")
     try:
         assert call() == {"code": "UNAVAILABLE", "details": "fault filter abort"}
-        line = [x for x in access(flab) if x.get("destination_service") == "default/grpc"][-1]
+        line = access_records(flab, '"destination_service": "default/grpc"')[-1]
         assert (line["response_code"], line["grpc_status"], line["response_flags"]) == (200, "14", "FI")
     finally:
         delete(flab, f)
@@ -197,7 +193,7 @@ def test_mirror_percentage_reaches_the_shadow_with_the_body(flab: Lab) -> None:
         assert all(d["method"] == "POST" and d["body"] == 1000 and d["host"] == "myapp" for d in got), got[:3]
         assert len({d["path"] for d in got}) == len(got)
         # shadows are not downstream requests: one access-log line per client request, none for shadows
-        assert len([x for x in access(flab) if x.get("path", "").startswith("/m50?n=")]) == n
+        assert len(access_records(flab, '"/m50?n=', where=lambda x: x["path"].startswith("/m50?n="), at_least=n)) == n
         print(f"\nmirror 50 %: {len(got)}/{n} at the shadow, each with its 1000-byte body, Host myapp")
     finally:
         delete(flab, f)

@@ -28,7 +28,16 @@ from ambit.dataplane import endpoint
 from ambit.dataplane.telemetry.metrics import scrape
 from ambitctl.lab import waypoints as waypoints_mod
 from tests.lab.labctl import Lab, running_lab
-from tests.lab.test_waypoint import GATEWAY, apply, delete, example, many, status_of, waypoint_log, waypoints
+from tests.lab.test_waypoint import (
+    GATEWAY,
+    access_records,
+    apply,
+    delete,
+    example,
+    many,
+    status_of,
+    waypoints,
+)
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root")
 
@@ -205,9 +214,8 @@ def test_pool_overflow_gives_fast_503s_and_the_backend_sees_one_connection(plab:
         assert peak <= 1, watch.counts()              # counted at the backend, in its netns
         assert len({r["peer"] for r in ok}) == 1      # the one connection, reused
         # the waypoint's view: UO in the access log, the circuit open in envoy_cluster_* mid-load
-        flags = Counter(json.loads(x.split("access: ", 1)[1]).get("response_flags") for x in
-                        waypoint_log(plab).splitlines() if "ambit.waypoint.access" in x and "cb-slow" in x)
-        assert flags["UO"] >= len(uo), flags
+        uo_lines = access_records(plab, "cb-slow", at_least=len(uo), where=lambda x: x.get("response_flags") == "UO")
+        assert len(uo_lines) >= len(uo), (len(uo_lines), len(uo))
         assert mid["circuit_breakers_default_cx_open"] == 1 and mid["upstream_cx_active"] == 1
         assert mid["circuit_breakers_default_rq_pending_open"] in (0, 1)
         after = cluster_stats(plab, "cb-slow")

@@ -22,7 +22,7 @@ import pytest
 from ambit.dataplane import endpoint
 from ambitctl.lab import waypoints as waypoints_mod
 from tests.lab.labctl import Lab, artifacts, running_lab
-from tests.lab.test_waypoint import GATEWAY, apply, delete, waypoint_log, waypoints
+from tests.lab.test_waypoint import GATEWAY, access_records, apply, delete, waypoints
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root")
 
@@ -87,11 +87,6 @@ def delta(after: dict[str, float], before: dict[str, float], key: str) -> float:
 def wait_mark(lab: Lab, url: str, mark: str) -> None:
     lab.wait_for(lambda: load(lab, url, 2)["marks"].get(mark) == 2, timeout=20, interval=0.3,
                  what=f"VirtualService {mark} in force")
-
-
-def access(lab: Lab) -> list[dict]:
-    return [json.loads(x.split("access: ", 1)[1]) for x in waypoint_log(lab).splitlines()
-            if "ambit.waypoint.access" in x and "access: " in x]
 
 
 @pytest.fixture(scope="module")
@@ -173,8 +168,9 @@ def test_the_retry_budget_caps_retries_against_a_dead_service(rlab: Lab) -> None
         # the share of attempts that are retries stays near the budget's 20 % (the min concurrency and
         # the backoff, during which a retry counts but is no request, give some slack)
         assert share <= 0.35
-        flags = [a["response_flags"] for a in access(rlab) if a.get("destination_service") == "default/dead"]
-        assert "UO" in flags and "URX" in flags
+        dead = '"destination_service": "default/dead"'
+        assert access_records(rlab, dead, where=lambda a: a["response_flags"] == "UO")
+        assert access_records(rlab, dead, where=lambda a: a["response_flags"] == "URX")
     finally:
         delete(rlab, f)
 
@@ -189,8 +185,9 @@ def test_a_timeout_gives_504_on_time(rlab: Lab) -> None:
         print(f"\ntimeout 0.5 s against --delay 2: 504 after {[round(t, 3) for t in times]} s")
         assert r["codes"] == {"504": 6}
         assert all(0.48 <= t <= 0.5 + 0.3 for t in times), times
-        recs = [a for a in access(rlab) if a.get("destination_service") == "default/slow" and a["response_code"] == 504]
-        assert recs and all(a["response_flags"] == "UT" for a in recs)
+        recs = access_records(rlab, '"destination_service": "default/slow"', at_least=6,
+                              where=lambda a: a["response_code"] == 504)
+        assert len(recs) >= 6 and all(a["response_flags"] == "UT" for a in recs)
         assert all(a["response_code_details"] == "upstream request timeout" for a in recs)
         assert cluster_stats(rlab, "slow").get("upstream_rq_timeout", 0) >= 6
     finally:
