@@ -376,6 +376,12 @@ class WaypointProxy:
         # Not ready from the first moment of the drain, before any listener closes, as Envoy's
         # /ready says DRAINING: whoever still reads readiness stops sending new work here.
         self.stopping = True
+        # Every response from now on says `Connection: close`: gather() below starts the engine's
+        # drain only at the next loop iteration, and uvloop reads the sockets in between, so a
+        # request read there was answered keep-alive (seen under load: an idle client's next
+        # request, sent once the drain had begun, kept its connection).
+        if self.engine is not None:
+            self.engine.draining = True
         if self.handoff is not None:
             self.handoff.close()
         if self.ingress is not None:
