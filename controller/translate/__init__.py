@@ -83,6 +83,9 @@ class Translation:
     # (namespace, name) of the ServiceEntries applied; a valid one absent here was left out (a host
     # or address another Service holds): policies that target it bind nothing
     entries_applied: set[tuple[str, str]] = field(default_factory=set)
+    # ServiceEntry address auto-allocation on (the controller's --ip-autoallocate): istiod's
+    # warning on TCP ports without addresses depends on it (controller.waypoints.istio_entry_warnings)
+    ip_autoallocate: bool = True
 
     def resources(self) -> list[Any]:
         """Every model resource, in one list."""
@@ -124,6 +127,7 @@ def translate(objects: list[dict[str, Any]], trust_domain: str = "cluster.local"
     allocation = allocate(idx.kind("ServiceEntry"), autoallocate or AutoAllocate(),
                           reserved=[v for s in out.services for v in s.vips])
     out.entry_addresses = allocation.status
+    out.ip_autoallocate = (autoallocate or AutoAllocate()).enabled
     out.errors.extend(allocation.errors)
     entries = translate_service_entries(idx, out.services, out.errors, allocation, out.entries_applied)
     # A pod backs the entries that select it (workloadSelector), not one whose endpoints merely list

@@ -160,7 +160,8 @@ def advisories(objects: list[Obj], cluster_domain: str = "cluster.local", transl
             for n in tr.credentials.notes]
     for o in good:
         kind = o.get("kind")
-        out += [Advisory(object_ref(o), p, why, NOT_ENFORCED) for p, why in istio_warnings(o)]
+        out += [Advisory(object_ref(o), p, why, NOT_ENFORCED)
+                for p, why in istio_warnings(o, tr.ip_autoallocate)]
         if kind == "AuthorizationPolicy":
             out += _policy(o, gateways, svc_waypoint, root_namespace)
             out += custom_advisories(o, tr.mesh_settings[0] if tr.mesh_settings else None)
@@ -571,7 +572,8 @@ def object_conditions(obj: Obj, found: list[Advisory]) -> list[Obj]:
     kept = (NOT_ENFORCED,) if obj.get("kind") == "AuthorizationPolicy" else (NOT_ENFORCED, WAYPOINT_ACCEPTED)
     mine = [a for a in found if a.ref == object_ref(obj) and a.condition in kept]
     if mine:
-        out.append({"type": ENFORCED, "status": "False", "reason": mine[0].cause or NOT_ENFORCED,
+        # the reason: the first specific cause (istiod's warnings have none, and come first)
+        out.append({"type": ENFORCED, "status": "False", "reason": next((a.cause for a in mine if a.cause), NOT_ENFORCED),
                     "message": "; ".join(f"{a.path}: {a.reason}" if a.path else a.reason for a in mine)[:32768],
                     "observedGeneration": int((obj.get("metadata") or {}).get("generation") or 0)})
     return out

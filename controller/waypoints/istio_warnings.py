@@ -1,5 +1,6 @@
 """istiod's webhook warnings (istio/istio `pkg/config/validation`: `WrapWarning`, `Warningf`) on
-VirtualServices, DestinationRules and RequestAuthentications, repeated by `ambit apply` and the controller as advisories.
+VirtualServices, DestinationRules and RequestAuthentications, repeated by `ambit apply` and the controller as advisories;
+those on ServiceEntries, policies and Telemetries are in `istio_entry_warnings` and `istio_policy_warnings`.
 
 istiod accepts these values and warns: a deprecated field, a legacy spelling, a value most clients
 do not send. Ambit accepts and applies them too, so it says what istiod says, where the user looks
@@ -14,6 +15,8 @@ import json
 from typing import Any
 
 from controller.kinds.hostnames import is_ip
+from controller.waypoints.istio_entry_warnings import entry_warnings
+from controller.waypoints.istio_policy_warnings import authz_warnings, selector_warnings, telemetry_warnings
 
 Obj = dict[str, Any]
 LARGE_BODY = 100 * 1024      # istiod: "large direct_responses may impact control plane performance"
@@ -102,10 +105,16 @@ def ra_warnings(spec: Obj) -> list[tuple[str, str]]:
     return out
 
 
-_BY_KIND = {"VirtualService": vs_warnings, "DestinationRule": dr_warnings, "RequestAuthentication": ra_warnings}
+_BY_KIND = {"VirtualService": vs_warnings, "DestinationRule": dr_warnings,
+            "RequestAuthentication": lambda spec: selector_warnings(spec) + ra_warnings(spec),
+            "AuthorizationPolicy": authz_warnings, "PeerAuthentication": selector_warnings,
+            "Telemetry": telemetry_warnings}
 
 
-def istio_warnings(o: Obj) -> list[tuple[str, str]]:
-    """istiod's warnings on a valid object of these kinds, as (field path, reason)."""
+def istio_warnings(o: Obj, autoallocate: bool = True) -> list[tuple[str, str]]:
+    """istiod's warnings on a valid object of these kinds, as (field path, reason). `autoallocate`:
+    whether the controller auto-allocates ServiceEntry addresses (istiod's PILOT_ENABLE_IP_AUTOALLOCATE)."""
+    if o.get("kind") == "ServiceEntry":
+        return entry_warnings(o, autoallocate)
     warn = _BY_KIND.get(o.get("kind") or "")
     return warn(o.get("spec") or {}) if warn else []

@@ -344,3 +344,30 @@ def test_class_defaults_are_no_silent_no_op_in_the_lab(lab_dir: Path) -> None:
     assert warning == ("Warning: Gateway/demo/plain: class defaults (gateway.istio.io/defaults-for-class: "
                        "ambit-waypoint) ConfigMap ambit-system/waypoint-defaults: not applied in the lab, which runs "
                        "gateways as processes, not Deployments: its overlays apply in a cluster only"), warning
+
+
+ISTIOD_WARNED = """
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: pg, namespace: demo}
+spec:
+  hosts: [pg.example.com]
+  resolution: NONE
+  ports: [{number: 5432, name: pg, protocol: TCP}]
+---
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: traces, namespace: demo}
+spec:
+  tracing: [{providers: [{name: zipkin}, {name: otel}]}]
+"""
+
+
+def test_istiods_warnings_on_entries_and_telemetries_are_printed(lab_dir: Path) -> None:
+    """istiod's webhook would warn about both objects; `ambit apply` says the same, naming each."""
+    rc, _, err = run("apply", "--dry-run", "-f", "-", stdin=ISTIOD_WARNED)
+    assert rc == 0, err
+    assert ("Warning: ServiceEntry/demo/pg: spec.ports[0]: addresses are required for ports serving TCP (or unset) "
+            "protocol when IP Autoallocation is not enabled (istiod warns too)") in err
+    assert ("Warning: Telemetry/demo/traces: spec.tracing[0].providers: multiple providers is not currently "
+            "supported") in err

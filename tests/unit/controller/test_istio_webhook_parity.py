@@ -80,6 +80,15 @@ SEEDS = [route(), dr(trafficPolicy={"loadBalancer": {"simple": "RANDOM"}}, subse
          server(), ap(action="DENY", rules=[{}]), pa(mtls={"mode": "STRICT"}), tel(tracing=[{}])]
 
 
+_TLS = {"number": 443, "name": "tls", "protocol": "TLS"}
+
+
+def _opt_out(o: Obj) -> Obj:
+    """`o` with the label that opts a ServiceEntry out of address auto-allocation."""
+    o["metadata"]["labels"] = {"networking.istio.io/enable-autoallocate-ip": "false"}
+    return o
+
+
 def refusals(obj: Obj) -> list[tuple[str, str]]:
     return [(e.path, e.reason) for e in validate_object(obj)]
 
@@ -349,6 +358,69 @@ WARNED: list[tuple[str, Obj, str, str]] = [
         "useSourceIp": True, "minimumRingSize": 1024}}}}]),
      "spec.subsets[0].trafficPolicy.loadBalancer.consistentHash.minimumRingSize",
      "consistent hash MinimumRingSize is deprecated"),
+    # -- ServiceEntry (ValidateServiceEntry) -----------------------------------------------------
+    ("SE selector without labels", se(resolution="STATIC", workloadSelector={}), "spec.workloadSelector",
+     "workload selector specified without labels, will be applied to all services in namespace"),
+    ("SE selector with NONE", se(resolution="NONE", addresses=["10.9.0.1"], workloadSelector={"labels": {"app": "db"}}),
+     "spec.workloadSelector", "workloadSelector should not be set when resolution mode is NONE"),
+    ("SE TCP port, NONE, no addresses", se(resolution="NONE", ports=[_TLS, {"number": 5432, "name": "pg",
+                                                                            "protocol": "TCP"}]),
+     "spec.ports[1]", "addresses are required for ports serving TCP (or unset) protocol when IP Autoallocation is "
+                      "not enabled"),
+    ("SE unset protocol, opted out of auto-allocation", _opt_out(se(ports=[{"number": 5432, "name": "pg"}]))
+     , "spec.ports[0]", "addresses are required for ports serving TCP (or unset) protocol"),
+    ("SE several hosts, an address, a TLS port", se(hosts=["a.example.com", "b.example.com"], addresses=["10.9.0.1"]),
+     "spec.addresses", "service entry can not have more than one host specified simultaneously with address and "
+                       "tcp port"),
+    # -- selectors (validateWorkloadSelector) ------------------------------------------------------
+    ("AP selector without labels", ap(selector={}, action="ALLOW", rules=[{}]), "spec.selector",
+     "workload selector specified without labels"),
+    ("PA selector with empty matchLabels", pa(selector={"matchLabels": {}}, mtls={"mode": "STRICT"}), "spec.selector",
+     "workload selector specified without labels"),
+    ("RA selector without labels", _obj("security.istio.io/v1", "RequestAuthentication", {
+        "selector": {}, "jwtRules": [{"issuer": "https://issuer.example.com", "jwksUri": "https://issuer.example.com/k"}]}),
+     "spec.selector", "workload selector specified without labels"),
+    ("Telemetry selector without labels", tel(selector={}, tracing=[{}]), "spec.selector",
+     "workload selector specified without labels"),
+    # -- AuthorizationPolicy (ValidateAuthorizationPolicy) -----------------------------------------
+    ("DENY with only HTTP operations", ap(action="DENY", rules=[{"to": [{"operation": {"methods": ["POST"]}}]}]),
+     "spec.rules[0]", "will deny all traffic to TCP ports under its scope due to the use of only HTTP attributes"),
+    ("DENY with only request principals, bound to a waypoint",
+     ap(action="DENY", targetRefs=TR, rules=[{}, {"from": [{"source": {"requestPrincipals": ["*"]}}]}]),
+     "spec.rules[1]", "it is recommended to explicitly specify the port"),
+    ("DENY with TCP sources and HTTP operations", ap(action="DENY", rules=[{
+        "from": [{"source": {"namespaces": ["dev"]}}], "to": [{"operation": {"paths": ["/admin"]}}]}]),
+     "spec.rules[0]", "due to the use of only HTTP attributes in a DENY rule"),
+    # -- Telemetry (validateTelemetryTracing) ------------------------------------------------------
+    ("several tracing entries", tel(tracing=[{"randomSamplingPercentage": 5}, {"match": {"mode": "SERVER"}}]),
+     "spec.tracing", "multiple tracing is not currently supported"),
+    ("several tracing providers", tel(tracing=[{"providers": [{"name": "zipkin"}, {"name": "otel"}]}]),
+     "spec.tracing[0].providers", "multiple providers is not currently supported"),
+]
+
+# istiod gives none of its warnings on these (its conditions, with the cases around them)
+NOT_WARNED: list[tuple[str, Obj]] = [
+    ("SE without addresses: its address is auto-allocated", se(ports=[{"number": 5432, "name": "pg",
+                                                                        "protocol": "TCP"}])),
+    ("SE NONE without addresses, HTTP port", se(resolution="NONE", ports=[{"number": 80, "name": "http",
+                                                                            "protocol": "HTTP"}])),
+    ("SE NONE, lower-case tcp (istiod compares the protocol as written)",
+     se(resolution="NONE", ports=[{"number": 5432, "name": "pg", "protocol": "tcp"}])),
+    ("SE NONE with addresses, TCP port", se(resolution="NONE", addresses=["10.9.0.0/24"],
+                                            ports=[{"number": 5432, "name": "pg", "protocol": "TCP"}])),
+    ("SE several hosts, an address, HTTP ports", se(hosts=["a.example.com", "b.example.com"], addresses=["10.9.0.1"],
+                                                    ports=[{"number": 80, "name": "http", "protocol": "HTTP"}])),
+    ("SE several hosts, a TLS port, STATIC", se(hosts=["a.example.com", "b.example.com"], addresses=["10.9.0.1"],
+                                                resolution="STATIC", endpoints=[{"address": "10.0.0.7"}])),
+    ("SE one host, an address, a TLS port", se(addresses=["10.9.0.1"])),
+    ("SE selector with labels, STATIC", se(resolution="STATIC", workloadSelector={"labels": {"app": "db"}})),
+    ("AP selector with labels", ap(selector={"matchLabels": {"app": "web"}}, action="ALLOW", rules=[{}])),
+    ("ALLOW with only HTTP operations", ap(action="ALLOW", rules=[{"to": [{"operation": {"methods": ["GET"]}}]}])),
+    ("DENY with a port", ap(action="DENY", rules=[{"to": [{"operation": {"methods": ["POST"], "ports": ["8080"]}}]}])),
+    ("DENY with TCP sources only", ap(action="DENY", rules=[{"from": [{"source": {"remoteIpBlocks": ["1.2.3.4"]}}]}])),
+    ("DENY with conditions only (istiod looks at from and to)",
+     ap(action="DENY", rules=[{"when": [{"key": "request.headers[x-a]", "values": ["1"]}]}])),
+    ("one tracing entry, one provider", tel(tracing=[{"providers": [{"name": "zipkin"}]}])),
 ]
 
 
@@ -376,6 +448,43 @@ def test_istiods_warnings_are_ambits_warnings(obj: Obj, path: str, part: str) ->
     assert refusals(obj) == []
     found = [(a.path, a.reason) for a in advisories([obj]) if a.condition == NOT_ENFORCED]
     assert any(p == path and part in r for p, r in found), found
+
+
+def _istio_warnings(obj: Obj, **translate_kw: Any) -> list[tuple[str, str]]:
+    from controller.translate import translate
+    from controller.waypoints.advisories import advisories
+    from controller.waypoints.istio_warnings import istio_warnings
+
+    tr = translate([obj], **translate_kw)
+    mine = istio_warnings(obj)          # what istiod says, with the auto-allocation on (its default)
+    return [(a.path, a.reason) for a in advisories([obj], translation=tr)
+            if any(a.path == p and a.reason == r for p, r in mine) or "istiod warns" in a.reason]
+
+
+@pytest.mark.parametrize("obj", [c[1] for c in NOT_WARNED], ids=[c[0] for c in NOT_WARNED])
+def test_what_istiod_does_not_warn_about_ambit_does_not_either(obj: Obj) -> None:
+    assert refusals(obj) == []
+    assert _istio_warnings(obj) == []
+
+
+def test_without_auto_allocation_a_tcp_port_needs_addresses() -> None:
+    """istiod's condition includes PILOT_ENABLE_IP_AUTOALLOCATE: the controller's --no-ip-autoallocate."""
+    from controller.translate.autoalloc import AutoAllocate
+
+    entry = se(ports=[{"number": 5432, "name": "pg", "protocol": "TCP"}])
+    assert _istio_warnings(entry) == []
+    [(path, why)] = _istio_warnings(entry, autoallocate=AutoAllocate(enabled=False))
+    assert path == "spec.ports[0]" and "runs with --no-ip-autoallocate" in why
+
+
+def test_istiods_warnings_are_the_objects_enforced_condition() -> None:
+    """What `ambit apply` prints, a cluster user reads on the object: `Enforced=False`."""
+    from controller.waypoints.advisories import advisories, object_conditions
+
+    obj = tel(tracing=[{"providers": [{"name": "zipkin"}, {"name": "otel"}]}])
+    [cond] = object_conditions(obj, advisories([obj]))
+    assert cond["type"] == "Enforced" and cond["status"] == "False"
+    assert "spec.tracing[0].providers: multiple providers is not currently supported" in cond["message"]
 
 
 def test_a_legacy_gateway_name_binds_the_gateway_it_names() -> None:
