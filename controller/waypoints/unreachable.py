@@ -1,6 +1,6 @@
-"""VirtualService `http` rules and matches that no request can reach, as Istio's validation
-warns of them (istio pkg/config/validation `analyzeUnreachableHTTPRules`: the warnings
-VirtualServiceUnreachableRule and VirtualServiceIneffectiveMatch).
+"""VirtualService `http`, `tcp` and `tls` rules and matches that nothing can reach, as Istio's
+validation warns of them (istio pkg/config/validation `analyzeUnreachableHTTPRules`, `...TCPRules`,
+`...TLSRules`: the warnings VirtualServiceUnreachableRule and VirtualServiceIneffectiveMatch).
 
 Rules are tried in order and the first that matches wins, so:
 - a rule after one without `match` (which matches every request) is never reached: a
@@ -29,36 +29,47 @@ def _name(h: Obj, i: int) -> str:
 
 def unreachable_rules(good: list[Obj]) -> list[tuple[str, str, str]]:
     """(object ref, field path, why) for each unreachable rule and ineffective match of the valid
-    VirtualServices."""
+    VirtualServices: their `http`, `tcp` and `tls` rules (istiod's analyzeUnreachableTCPRules and
+    analyzeUnreachableTLSRules are the HTTP one's; the waypoint tries `tcp` and `tls` rules in order
+    too, waypoint/routing/tcp.py)."""
     out = []
     for o in good:
         if o.get("kind") != "VirtualService":
             continue
-        ref, seen, catch_all = object_ref(o), {}, -1
-        for i, h in enumerate((o.get("spec") or {}).get("http") or []):
-            matches = h.get("match") or []
-            code = (h.get("redirect") or {}).get("redirectCode")
-            if code is not None and code not in VS_REDIRECT_CODES:
-                continue            # the translation drops this rule (warned): it takes nothing
-            if catch_all >= 0:
-                out.append((ref, f"spec.http[{i}]", (
-                    f"rule {_name(h, i)} is never used: rule {catch_all} before it has no match, so it takes "
-                    "every request (only the last rule may have no match)")))
-                continue
-            if not matches:
-                catch_all = i
-                continue
-            dups = 0
-            for j, m in enumerate(matches):
-                key = json.dumps({k: v for k, v in m.items() if k != "name"}, sort_keys=True)
-                if key in seen:
-                    dups += 1
-                    out.append((ref, f"spec.http[{i}].match[{j}]", (
-                        f"match {j} of rule {_name(h, i)} is never used: rule {seen[key]} before it has the same "
-                        "match, and the first rule that matches wins")))
-                else:
-                    seen[key] = i
-            if dups and dups == len(matches):
-                out.append((ref, f"spec.http[{i}]", f"rule {_name(h, i)} is never used: all its matches are "
-                            "used by rules before it"))
+        for section, what in (("http", "request"), ("tcp", "connection"), ("tls", "connection")):
+            out += [(object_ref(o), path, why) for path, why in
+                    _section((o.get("spec") or {}).get(section) or [], section, what)]
+    return out
+
+
+def _section(rules: list[Obj], section: str, what: str) -> list[tuple[str, str]]:
+    out: list[tuple[str, str]] = []
+    seen: dict[str, int] = {}
+    catch_all = -1
+    for i, h in enumerate(rules):
+        matches = h.get("match") or []
+        code = (h.get("redirect") or {}).get("redirectCode")
+        if code is not None and code not in VS_REDIRECT_CODES:
+            continue            # the translation drops this rule (warned): it takes nothing
+        if catch_all >= 0:
+            out.append((f"spec.{section}[{i}]", (
+                f"rule {_name(h, i)} is never used: rule {catch_all} before it has no match, so it takes "
+                f"every {what} (only the last rule may have no match)")))
+            continue
+        if not matches:
+            catch_all = i
+            continue
+        dups = 0
+        for j, m in enumerate(matches):
+            key = json.dumps({k: v for k, v in m.items() if k != "name"}, sort_keys=True)
+            if key in seen:
+                dups += 1
+                out.append((f"spec.{section}[{i}].match[{j}]", (
+                    f"match {j} of rule {_name(h, i)} is never used: rule {seen[key]} before it has the same "
+                    "match, and the first rule that matches wins")))
+            else:
+                seen[key] = i
+        if dups and dups == len(matches):
+            out.append((f"spec.{section}[{i}]", f"rule {_name(h, i)} is never used: all its matches are "
+                        "used by rules before it"))
     return out

@@ -99,3 +99,20 @@ def test_rules_after_a_catch_all_and_repeated_matches_are_warned_as_istio_warns(
     # the usual shape, a catch-all last, is not warned
     ok = {**obj, "spec": {**obj["spec"], "http": [obj["spec"]["http"][i] for i in (0, 4, 3)]}}
     assert [a for a in advisories(BASE + [ok]) if a.cause == "UnreachableRule"] == []
+
+
+def test_tcp_and_tls_rules_nothing_reaches_are_warned_as_istio_warns() -> None:
+    """istiod's analyzeUnreachableTCPRules and analyzeUnreachableTLSRules are the HTTP one's, and the
+    waypoint tries `tcp` and `tls` rules in order too: a `tcp` rule after one without `match`, or a
+    `tls` match repeated, never decides. They were accepted without a word."""
+    dest = [{"destination": {"host": "myapp"}}]
+    obj = {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+           "metadata": {"name": "v", "namespace": "default"},
+           "spec": {"hosts": ["myapp"], "tcp": [{"route": dest}, {"match": [{"port": 9000}], "route": dest}],
+                    "tls": [{"match": [{"sniHosts": ["myapp"]}], "route": dest},
+                            {"match": [{"sniHosts": ["myapp"]}, {"sniHosts": ["myapp"], "port": 443}], "route": dest}]}}
+    got = {a.path: a.reason for a in advisories(BASE + [obj]) if a.cause == "UnreachableRule"}
+    assert set(got) == {"spec.tcp[1]", "spec.tls[1].match[0]"}, got
+    assert "rule 0 before it has no match, so it takes every connection" in got["spec.tcp[1]"]
+    assert "rule 0 before it has the same match" in got["spec.tls[1].match[0]"]
+    assert {f.code for f in analyze(BASE + [obj], complete=True) if f.path == "spec.tcp[1]"} == {"AMB0134"}
