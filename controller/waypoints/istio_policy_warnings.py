@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from controller.kinds.security import dry_run
+
 Obj = dict[str, Any]
 
 # istiod's tcpRulesInFrom: source fields that, when set, give a DENY rule a part that applies to TCP
@@ -41,17 +43,20 @@ def _http_only_deny(rule: Obj) -> bool:
     return bool(froms and not ops and not tcp_from) or bool(ops and not tcp_to)
 
 
-def authz_warnings(spec: Obj) -> list[tuple[str, str]]:
+def authz_warnings(o: Obj) -> list[tuple[str, str]]:
+    spec = o.get("spec") or {}
     out = selector_warnings(spec)
     if spec.get("action") != "DENY":
         return out
+    does = ("in this dry run Ambit reports such denials (at a waypoint), never enforces them" if dry_run(o) else
+            "so does Ambit: where ztunnel enforces it, and on the ports a waypoint relays as TCP, the rule "
+            "applies without its HTTP attributes")
     for i, rule in enumerate(spec.get("rules") or []):
         if isinstance(rule, dict) and _http_only_deny(rule):
             out.append((f"spec.rules[{i}]", "configured AuthorizationPolicy will deny all traffic to TCP ports under "
                         "its scope due to the use of only HTTP attributes in a DENY rule; it is recommended to "
-                        "explicitly specify the port (istiod warns too): so does Ambit, where ztunnel enforces it "
-                        "and on the ports a waypoint relays as TCP, the rule applies without its HTTP attributes; "
-                        "name the ports it is meant for in to.operation.ports"))
+                        f"explicitly specify the port (istiod warns too): {does}; name the ports it is meant for "
+                        "in to.operation.ports"))
     return out
 
 

@@ -107,7 +107,7 @@ def ra_warnings(spec: Obj) -> list[tuple[str, str]]:
 
 _BY_KIND = {"VirtualService": vs_warnings, "DestinationRule": dr_warnings,
             "RequestAuthentication": lambda spec: selector_warnings(spec) + ra_warnings(spec),
-            "AuthorizationPolicy": authz_warnings, "PeerAuthentication": selector_warnings,
+            "PeerAuthentication": selector_warnings,
             "Telemetry": telemetry_warnings}
 
 
@@ -116,5 +116,7 @@ def istio_warnings(o: Obj, autoallocate: bool = True) -> list[tuple[str, str]]:
     whether the controller auto-allocates ServiceEntry addresses (istiod's PILOT_ENABLE_IP_AUTOALLOCATE)."""
     if o.get("kind") == "ServiceEntry":
         return entry_warnings(o, autoallocate)
+    if o.get("kind") == "AuthorizationPolicy":
+        return authz_warnings(o)
     warn = _BY_KIND.get(o.get("kind") or "")
     return warn(o.get("spec") or {}) if warn else []

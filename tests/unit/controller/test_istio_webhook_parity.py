@@ -477,6 +477,15 @@ def test_without_auto_allocation_a_tcp_port_needs_addresses() -> None:
     assert path == "spec.ports[0]" and "runs with --no-ip-autoallocate" in why
 
 
+def test_a_dry_run_deny_is_warned_as_istiod_warns_without_claiming_it_denies() -> None:
+    """istiod warns of a dry-run DENY too; Ambit does not say it denies, since it enforces nothing."""
+    rules = [{"to": [{"operation": {"methods": ["POST"]}}]}]
+    [(_, enforced)] = _istio_warnings(ap(action="DENY", rules=rules))
+    [(path, dry)] = _istio_warnings(ap({"istio.io/dry-run": "true"}, action="DENY", rules=rules))
+    assert path == "spec.rules[0]" and "so does Ambit" in enforced
+    assert "so does Ambit" not in dry and "in this dry run Ambit reports such denials" in dry
+
+
 def test_istiods_warnings_are_the_objects_enforced_condition() -> None:
     """What `ambit apply` prints, a cluster user reads on the object: `Enforced=False`."""
     from controller.waypoints.advisories import advisories, object_conditions
