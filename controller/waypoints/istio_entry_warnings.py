@@ -48,10 +48,10 @@ def entry_warnings(o: Obj, autoallocate: bool = True) -> list[tuple[str, str]]:
         for i, p in enumerate(spec.get("ports") or []):
             if why and (p or {}).get("protocol", "") in ("", "TCP"):
                 out.append((f"spec.ports[{i}]", "addresses are required for ports serving TCP (or unset) protocol when "
-                            f"IP Autoallocation is not enabled (istiod warns too): {why}, so the entry has no VIP and "
-                            "ztunnel takes a connection to this port as the entry's only by a STATIC endpoint's "
-                            "address or an addresses CIDR; one to the address the app resolved the host to is not "
-                            "the entry's (passed through, or refused under REGISTRY_ONLY)"))
+                            f"IP Autoallocation is not enabled (istiod warns too): {why}, so the entry has no VIP: "
+                            "ztunnel takes a connection to this port as the entry's only when it goes to a STATIC "
+                            "endpoint's address; one to the address the app resolved the host to is not the "
+                            "entry's (passed through, or refused under REGISTRY_ONLY)"))
     if resolution == "NONE" and selector is not None:
         out.append(("spec.workloadSelector", "workloadSelector should not be set when resolution mode is NONE (istiod "
                     "warns too): Ambit reads the entry as STATIC, the selected pods its endpoints, as Istio's ambient "

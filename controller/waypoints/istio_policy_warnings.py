@@ -29,8 +29,8 @@ def selector_warnings(spec: Obj) -> list[tuple[str, str]]:
     if sel is None or (sel or {}).get("matchLabels"):
         return []
     return [("spec.selector", "workload selector specified without labels (istiod warns too): Ambit reads it as no "
-                              "selector, as Istio does: it applies to every workload of its namespace (of the mesh, "
-                              "in the root namespace)")]
+                              "selector, as Istio does: the object is namespace-wide (mesh-wide in the root "
+                              "namespace)")]
 
 
 def _http_only_deny(rule: Obj) -> bool:
