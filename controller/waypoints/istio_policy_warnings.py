@@ -38,8 +38,8 @@ def _http_only_deny(rule: Obj) -> bool:
     has no ports, cannot be evaluated on a TCP connection (its `when` is not looked at)."""
     froms = [f.get("source") for f in rule.get("from") or [] if isinstance(f, dict) and f.get("source") is not None]
     ops = [t.get("operation") for t in rule.get("to") or [] if isinstance(t, dict) and t.get("operation") is not None]
-    tcp_from = any(s.get(k) is not None for s in froms for k in _TCP_SOURCE)
-    tcp_to = any(op.get("ports") is not None or op.get("notPorts") is not None for op in ops)
+    tcp_from = any(s.get(k) for s in froms for k in _TCP_SOURCE)      # (an empty list is nil in istiod)
+    tcp_to = any(op.get("ports") or op.get("notPorts") for op in ops)
     return bool(froms and not ops and not tcp_from) or bool(ops and not tcp_to)
 
 
