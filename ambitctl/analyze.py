@@ -37,6 +37,7 @@ from controller.translate.routes import NOT_EXPORTED, OUTSIDE_WAYPOINT_SCOPE, Ho
 from controller.validation import Validated, object_ref, split_valid
 from controller.waypoints.advisories import (
     DR_MERGED,
+    ISTIO_WARNING,
     NOT_ENFORCED,
     SELECTS_WAYPOINT,
     WAYPOINT_ACCEPTED,
@@ -312,7 +313,7 @@ def _advisories(good: list[Obj], st: _State, tr: Any, cluster_domain: str, root_
             if needed and not st.knows(needed):
                 continue            # the Gateway (the ReferenceGrant) may well exist outside the files
         else:
-            assert a.condition == NOT_ENFORCED
+            assert a.condition in (NOT_ENFORCED, ISTIO_WARNING)
             code = "AMB0112"
         out.append(Finding(code, a.ref, a.path, a.reason))
     return out

@@ -216,6 +216,7 @@ def start_webhook(args: ControllerSettings, certificate: Any) -> Any:
         log.error("--webhook-listen %s: %s", args.webhook_listen, e)
         return None
     server.certificate = certificate
+    server.autoallocate = args.ip_autoallocate
     server.start()
     log.info("admission webhook serving on %s", args.webhook_listen)
     return server

@@ -66,23 +66,28 @@ def _named(obj: Any) -> Any:
     return obj
 
 
-def advice(obj: Obj) -> tuple[str, ...]:
+def advice(obj: Obj, autoallocate: bool = True) -> tuple[str, ...]:
     """What `ambit apply` warns about in this object alone, for `kubectl apply` to print as
-    `Warning:` lines: a match no request satisfies (AMB0133), a rule no request reaches (AMB0134).
-    Advisories that need other objects (a host no waypoint serves, a port the Service lacks) come
-    later, in the object's `Enforced` condition, when the controller has the cluster's objects."""
+    `Warning:` lines: istiod's own webhook warnings (where istiod's webhook would print them;
+    `autoallocate`: the controller's --ip-autoallocate, which one of them depends on), a match no
+    request satisfies (AMB0133), a rule no request reaches (AMB0134). Advisories that need other
+    objects (a host no waypoint serves, a port the Service lacks) come later, in the object's
+    `Enforced` condition, when the controller has the cluster's objects."""
+    from controller.waypoints.istio_warnings import istio_warnings
     from controller.waypoints.never_match import never_matching
     from controller.waypoints.unreachable import unreachable_rules
     good = [without_nulls(obj)]
     try:
-        found = never_matching(good) + unreachable_rules(good)
+        ref = object_ref(good[0])
+        found = [(ref, p, why) for p, why in istio_warnings(good[0], autoallocate)]
+        found += never_matching(good) + unreachable_rules(good)
     except Exception:  # noqa: BLE001 - advice is a courtesy: never the reason a valid write fails
         log.exception("admission webhook: advisories of %s failed", object_ref(obj))
         return ()
     return tuple(_warning(f"{ref}: {path}: {why}" if path else f"{ref}: {why}") for ref, path, why in found[:MAX_WARNINGS])
 
 
-def judge(request: Obj) -> Verdict:
+def judge(request: Obj, autoallocate: bool = True) -> Verdict:
     """The verdict on one `request` of an AdmissionReview."""
     op = request.get("operation")
     if not isinstance(op, str):
@@ -93,7 +98,7 @@ def judge(request: Obj) -> Verdict:
     errors = validate_object(_named(obj))
     ref = errors[0].ref if errors else object_ref(obj)
     if not errors:
-        return Verdict(True, ref=ref, operation=op, warnings=advice(obj))
+        return Verdict(True, ref=ref, operation=op, warnings=advice(obj, autoallocate))
     md = obj.get("metadata") if isinstance(obj, dict) else None
     if op == "UPDATE" and isinstance(md, dict) and md.get("deletionTimestamp"):
         # An object on its way out: its finalizers' removal must never be refused.
@@ -111,9 +116,9 @@ def judge(request: Obj) -> Verdict:
     return Verdict(False, _errors_text(errors), ref=ref, operation=op)
 
 
-def answer(body: bytes) -> tuple[Obj, Verdict]:
+def answer(body: bytes, autoallocate: bool = True) -> tuple[Obj, Verdict]:
     """The AdmissionReview to send back for `body`, and the verdict. Raises BadReview for a body
-    that is not an AdmissionReview v1 (the server answers it 400)."""
+    that is not an AdmissionReview v1 (the server answers it 400). `autoallocate`: `advice`."""
     try:
         review = json.loads(body)
     except (ValueError, RecursionError) as e:
@@ -126,7 +131,7 @@ def answer(body: bytes) -> tuple[Obj, Verdict]:
     request = review.get("request")
     if not isinstance(request, dict) or not isinstance(request.get("uid"), str):
         raise BadReview("request.uid is missing")
-    verdict = judge(request)
+    verdict = judge(request, autoallocate)
     response: Obj = {"uid": request["uid"], "allowed": verdict.allowed}
     if not verdict.allowed:
         response["status"] = {"code": DENIED_CODE, "message": verdict.message}    # no reason, as istiod

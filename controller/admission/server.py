@@ -111,7 +111,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return
         body = self.rfile.read(length)
         try:
-            review, verdict = answer(body)
+            review, verdict = answer(body, self.server.autoallocate)  # type: ignore[attr-defined]
         except BadReview as e:
             REVIEWS.labels("", "bad").inc()
             self._send(400, f"{e}\n".encode(), "text/plain")
@@ -155,6 +155,7 @@ class WebhookServer(http.server.ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
     certificate: Any = None     # what `contexts` renews from (its `renew_now` at a CA reload)
+    autoallocate = True         # the controller's --ip-autoallocate (an istiod warning depends on it)
 
     def __init__(self, address: tuple[str, int], contexts: TLSContexts, max_connections: int = 64) -> None:
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET

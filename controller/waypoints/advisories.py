@@ -90,6 +90,10 @@ Obj = dict[str, Any]
 ZTUNNEL_ACCEPTED = "ZtunnelAccepted"
 WAYPOINT_ACCEPTED = "WaypointAccepted"
 NOT_ENFORCED = "NotEnforced"          # routes and fields: a warning only, no status condition
+# istiod's webhook warnings (controller.waypoints.istio_warnings): Ambit applies the object as
+# written, as Istio does, so they are no `Enforced=False`; `ambit apply`, `ambit analyze` and the
+# admission webhook (kubectl's `Warning:` lines, where istiod's appear) repeat them
+ISTIO_WARNING = "IstioWarning"
 DR_MERGED = "Merged"                  # the cause of what a younger DestinationRule loses in a merge
 
 _L7_SOURCE = ("requestPrincipals", "notRequestPrincipals", "remoteIpBlocks", "notRemoteIpBlocks")
@@ -120,7 +124,7 @@ class Advisory:
     ref: str            # Kind/namespace/name
     path: str           # the field, e.g. spec.rules[0].to[0].operation.methods
     reason: str
-    condition: str      # ZtunnelAccepted | WaypointAccepted | NotEnforced
+    condition: str      # ZtunnelAccepted | WaypointAccepted | NotEnforced | IstioWarning
     cause: str = ""     # the condition's reason: UnsupportedValue, TargetNotFound, AncestorNotBound, ...
 
     def __str__(self) -> str:
@@ -160,7 +164,7 @@ def advisories(objects: list[Obj], cluster_domain: str = "cluster.local", transl
             for n in tr.credentials.notes]
     for o in good:
         kind = o.get("kind")
-        out += [Advisory(object_ref(o), p, why, NOT_ENFORCED)
+        out += [Advisory(object_ref(o), p, why, ISTIO_WARNING)
                 for p, why in istio_warnings(o, tr.ip_autoallocate)]
         if kind == "AuthorizationPolicy":
             out += _policy(o, gateways, svc_waypoint, root_namespace)
@@ -572,7 +576,6 @@ def object_conditions(obj: Obj, found: list[Advisory]) -> list[Obj]:
     kept = (NOT_ENFORCED,) if obj.get("kind") == "AuthorizationPolicy" else (NOT_ENFORCED, WAYPOINT_ACCEPTED)
     mine = [a for a in found if a.ref == object_ref(obj) and a.condition in kept]
     if mine:
-        # the reason: the first specific cause (istiod's warnings have none, and come first)
         out.append({"type": ENFORCED, "status": "False", "reason": next((a.cause for a in mine if a.cause), NOT_ENFORCED),
                     "message": "; ".join(f"{a.path}: {a.reason}" if a.path else a.reason for a in mine)[:32768],
                     "observedGeneration": int((obj.get("metadata") or {}).get("generation") or 0)})

@@ -443,10 +443,10 @@ WARNED.append(("JWKS with private key material",
 
 @pytest.mark.parametrize(("obj", "path", "part"), [c[1:] for c in WARNED], ids=[c[0] for c in WARNED])
 def test_istiods_warnings_are_ambits_warnings(obj: Obj, path: str, part: str) -> None:
-    from controller.waypoints.advisories import NOT_ENFORCED, advisories
+    from controller.waypoints.advisories import ISTIO_WARNING, advisories
 
     assert refusals(obj) == []
-    found = [(a.path, a.reason) for a in advisories([obj]) if a.condition == NOT_ENFORCED]
+    found = [(a.path, a.reason) for a in advisories([obj]) if a.condition == ISTIO_WARNING]
     assert any(p == path and part in r for p, r in found), found
 
 
@@ -486,14 +486,38 @@ def test_a_dry_run_deny_is_warned_as_istiod_warns_without_claiming_it_denies() -
     assert "so does Ambit" not in dry and "in this dry run Ambit reports such denials" in dry
 
 
-def test_istiods_warnings_are_the_objects_enforced_condition() -> None:
-    """What `ambit apply` prints, a cluster user reads on the object: `Enforced=False`."""
+def test_istiods_warnings_come_back_from_the_webhook_and_leave_the_object_enforced() -> None:
+    """istiod prints its warnings on `kubectl apply`: so does Ambit's admission webhook (as
+    `ambit apply` does in the lab). Ambit applies such an object as written (a Telemetry's several
+    tracing providers all get the spans; a DENY with HTTP attributes denies), so it gets no
+    `Enforced=False`: that condition says a field does nothing, and these do what they say."""
+    from controller.admission.review import answer
     from controller.waypoints.advisories import advisories, object_conditions
 
-    obj = tel(tracing=[{"providers": [{"name": "zipkin"}, {"name": "otel"}]}])
-    [cond] = object_conditions(obj, advisories([obj]))
-    assert cond["type"] == "Enforced" and cond["status"] == "False"
-    assert "spec.tracing[0].providers: multiple providers is not currently supported" in cond["message"]
+    two = tel(tracing=[{"providers": [{"name": "zipkin"}, {"name": "otel"}]}])
+    deny = ap(action="DENY", rules=[{"to": [{"operation": {"methods": ["POST"]}}]}], targetRefs=[
+        {"group": "", "kind": "Service", "name": "web"}])
+    for obj, said in ((two, "spec.tracing[0].providers: multiple providers is not currently supported"),
+                      (deny, "will deny all traffic to TCP ports")):
+        assert any(said in str(a) for a in advisories([obj])), advisories([obj])
+        assert not [c for c in object_conditions(obj, advisories([obj])) if c["type"] == "Enforced"
+                    and said in c["message"]]
+        body = json.dumps({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+                           "request": {"uid": "u1", "operation": "CREATE", "object": obj}}).encode()
+        r = answer(body)[0]["response"]
+        assert r["allowed"] is True and any(said in w for w in r.get("warnings", [])), r
+
+
+def test_the_webhook_warns_of_a_tcp_port_without_addresses_as_the_controller_allocates() -> None:
+    """istiod's "addresses are required for ports serving TCP" depends on auto-allocation: the
+    webhook follows the controller's --ip-autoallocate (the server's `autoallocate`)."""
+    from controller.admission.review import answer
+    obj = se(hosts=["db.example.com"], ports=[{"number": 5432, "name": "pg", "protocol": "TCP"}])
+    body = json.dumps({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+                       "request": {"uid": "u1", "operation": "CREATE", "object": obj}}).encode()
+    said = "addresses are required for ports serving TCP"
+    assert not any(said in w for w in answer(body)[0]["response"].get("warnings", []))
+    assert any(said in w for w in answer(body, autoallocate=False)[0]["response"]["warnings"])
 
 
 def test_a_legacy_gateway_name_binds_the_gateway_it_names() -> None:

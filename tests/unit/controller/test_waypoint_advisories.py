@@ -11,6 +11,7 @@ import yaml
 
 from ambitctl.commands import config
 from controller.waypoints.advisories import (
+    ISTIO_WARNING,
     NOT_ENFORCED,
     WAYPOINT_ACCEPTED,
     ZTUNNEL_ACCEPTED,
@@ -267,7 +268,7 @@ def test_a_selector_policy_on_a_waypoints_pods_is_named_enforced_nowhere() -> No
         "spec.selector"]
     # a selector for an application's pods is the destination ztunnel's, as before
     found = advisories([ns("demo"), waypoint(), policy({"selector": {"matchLabels": {"app": "web"}}, **deny})])
-    assert [(a.path, a.condition) for a in found] == [("spec.rules[0]", NOT_ENFORCED),    # istiod's warning
+    assert [(a.path, a.condition) for a in found] == [("spec.rules[0]", ISTIO_WARNING),    # istiod's warning
                                                       ("spec.rules[0].to[0].operation.paths", ZTUNNEL_ACCEPTED)]
 
 
