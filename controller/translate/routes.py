@@ -408,6 +408,15 @@ def _gw_filters(route: HttpRoute, filters: list[Obj], ns: str, hosts: Hosts) -> 
             route.mirrors.append(Mirror(gw_backend(m["backendRef"], ns, hosts), pct))
 
 
+
+# What an HTTPRoute `retry` retries besides its `codes`. Gateway API (HTTPRouteRetry): an
+# implementation "SHOULD retry on connection errors (disconnect, reset, timeout, TCP failure)";
+# conformance HTTPRouteRetryConnectionError (the backend resets the connection after reading the
+# request) and HTTPRouteRetryWithTimeouts (each try outlives `timeouts.backendRequest`) retry
+# both. Istio's conversion gives only connect-failure, refused-stream, unavailable and cancelled,
+# which retry neither; `reset` (Envoy's: a disconnect, reset or per-try timeout) does.
+GW_RETRY_ON = ("connect-failure", "refused-stream", "unavailable", "cancelled", "reset")
+
 def _gw_routes(obj: Obj, hosts: Hosts, port: int, grpc: bool,
                consumer: bool = False) -> list[tuple[tuple[Any, ...], HttpRoute]]:
     """(precedence key, route) for every match of every rule.
@@ -441,7 +450,7 @@ def _gw_routes(obj: Obj, hosts: Hosts, port: int, grpc: bool,
                 r = rule["retry"]
                 # Istio (gateway/conversion.go): attempts default to 2 when unset
                 route.retries = Retry(attempts=2 if r.get("attempts") is None else int(r["attempts"]),
-                                      codes=list(r.get("codes") or []),
+                                      retry_on=list(GW_RETRY_ON), codes=list(r.get("codes") or []),
                                       backoff=_seconds(r.get("backoff")))
             route.session = _gw_session(rule.get("sessionPersistence"), obj, ri, grpc)
             if (not route.destinations and route.redirect is None) or (
