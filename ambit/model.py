@@ -619,6 +619,11 @@ class RouteDestination:
     port: int = 0                       # 0: the port the request arrived on
     weight: int = 1                     # relative weight among the route's destinations
     headers: HeaderRewrite | None = None
+    # Gateway API filters on a backendRef, applied when this destination is the one chosen: a
+    # RequestRedirect answers in place of forwarding, a URLRewrite replaces the route's. A waypoint
+    # older than these fields NACKs a route setting them and keeps its last good routes.
+    redirect: Redirect | None = None
+    rewrite: Rewrite | None = None
 
 
 @dataclass

@@ -869,3 +869,60 @@ def test_httproute_backend_protocol(manifest: str, port: int, protocol: str) -> 
     assert (d.service, d.port) == (V1, port)
     [svc] = [s for s in translate(objs).services if s.name == "infra-backend-v1" and s.namespace == INFRA]
     assert protocol_of(service_port(svc, port)) == protocol
+
+
+# -- filters on a backendRef (HTTPRouteBackendRequestRedirect, HTTPRouteBackendURLRewrite,
+#    HTTPRouteRequestHeaderModifierBackendWeights) -------------------------------------------------
+
+def decide(manifest: str, path: str, rng: random.Random | None = None) -> Forward | LocalReply:
+    """The gateway's decision for GET `path` through upstream's `same-namespace` Gateway."""
+    p = views(base() + valid(load(manifest)))["same-namespace"].ports[80]
+    vh = p.virtual_host("example.com")
+    assert vh is not None
+    d = route(p.table, RequestHead(method="GET", path=path, authority="example.com", scheme="http", headers=[]),
+              Downstream(destination_port=80, hostname=vh), rng or random.Random(1))
+    assert isinstance(d, Forward | LocalReply), d
+    return d
+
+
+def test_httproute_backend_request_redirect() -> None:
+    """HTTPRouteBackendRequestRedirect (extended): a RequestRedirect on the rule's backendRef answers
+    302 to the replaced path (full, or the matched prefix). Ambit forwarded the request to
+    infra-backend-v1 unchanged (200) and only warned that the filter was not applied."""
+    objs = base() + valid(load("httproute-backend-request-redirect"))
+    all_accepted(statuses(objs), "same-namespace", "backend-request-redirect")
+    got = []
+    for path in ("/full/original", "/prefix/original"):
+        d = decide("httproute-backend-request-redirect", path)
+        got.append((path, d.status if isinstance(d, LocalReply) else d.service,
+                    dict(d.headers).get("location") if isinstance(d, LocalReply) else None))
+    assert got == [("/full/original", 302, "http://example.com/redirected-full"),
+                   ("/prefix/original", 302, "http://example.com/redirected-prefix/original")]
+
+
+def test_httproute_backend_url_rewrite() -> None:
+    """HTTPRouteBackendURLRewrite (extended): a URLRewrite on the rule's backendRef rewrites the path
+    infra-backend-v1 sees. Ambit sent the original path and only warned."""
+    objs = base() + valid(load("httproute-backend-url-rewrite"))
+    all_accepted(statuses(objs), "same-namespace", "backend-url-rewrite")
+    got = []
+    for path in ("/full/original", "/prefix/original"):
+        d = decide("httproute-backend-url-rewrite", path)
+        assert isinstance(d, Forward), d
+        got.append((path, d.service, d.path))
+    assert got == [("/full/original", V1, "/rewritten-full"), ("/prefix/original", V1, "/rewritten-prefix/original")]
+
+
+def test_httproute_request_header_modifier_backend_weights() -> None:
+    """HTTPRouteRequestHeaderModifierBackendWeights: each of two weighted backends sets `Backend` to
+    its own name; of 100 requests every one reaches the backend its header names."""
+    objs = base() + valid(load("httproute-request-header-modifier-backend-weights"))
+    all_accepted(statuses(objs), "same-namespace", "request-header-modifier-backend-weights")
+    rng, seen = random.Random(7), set()
+    for _ in range(100):
+        d = decide("httproute-request-header-modifier-backend-weights", "/", rng)
+        assert isinstance(d, Forward)
+        [backend] = [v for k, v in d.request_headers.apply([]) if k.lower() == "backend"]
+        assert d.service == f"{INFRA}/{backend}"
+        seen.add(backend)
+    assert seen == {"infra-backend-v1", "infra-backend-v2"}
