@@ -322,3 +322,26 @@ def test_backend_filters(glab: Lab, name: str, cases: list[tuple[str, str]]) -> 
         glab.wait_for(lambda: send_case(cases[0][0]) == cases[0][1], timeout=30, interval=0.5,
                       what=f"{name} in force")
         assert [(p, send_case(p)) for p, _ in cases] == cases
+
+
+def test_service_types(glab: Lab) -> None:
+    """HTTPRouteServiceTypes: Services without selector whose EndpointSlices name infra-backend-v1's
+    pod (filled in as upstream's test fills them), and a headless Service, each reach that pod."""
+    ip = address(glab, "same-namespace")
+    assert ip is not None
+    backend = get(glab, "pod", "infra-backend-v1")
+    objs = manifest("httproute-service-types")
+    for o in objs:
+        if o["kind"] == "EndpointSlice" and o["addressType"] == "IPv4":
+            o["endpoints"] = [{"addresses": [backend["status"]["podIP"]], "conditions": {"ready": True},
+                               "nodeName": backend["spec"].get("nodeName", ""),
+                               "targetRef": {"kind": "Pod", "name": "infra-backend-v1", "namespace": INFRA,
+                                             "uid": backend["metadata"].get("uid", "")}}]
+    glab.ambit("apply", "-f", "-", input=yaml.safe_dump_all(objs))
+    try:
+        names = ["manual-endpointslices", "headless", "headless-manual-endpointslices"]
+        glab.wait_for(lambda: send(glab, ip, "example.com", f"/{names[0]}") == "infra-backend-v1", timeout=30,
+                      interval=0.5, what="service-types in force")
+        assert [(n, send(glab, ip, "example.com", f"/{n}")) for n in names] == [(n, "infra-backend-v1") for n in names]
+    finally:
+        glab.ambit("delete", "-f", "-", "--ignore-not-found", input=yaml.safe_dump_all(objs), check=False)

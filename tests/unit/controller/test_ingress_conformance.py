@@ -29,10 +29,18 @@ from typing import Any
 import pytest
 import yaml
 
+from ambit.model import target_port
+from controller.sources.kube import KubeSource, make_api_client
 from controller.translate import translate
 from controller.translate.ingress import CONTROLLER_NAME
 from controller.validation import validate_object
 from controller.waypoints import gatewayclasses, ingress_status, labstatus
+from controller.waypoints.reconcile import KubeWaypointReconciler
+from controller.waypoints.render import WaypointDeploySettings
+from tests.support.kube_emulator import KubeEmulator
+from tests.support.kube_source import running
+from tests.support.wait import wait_for
+from tests.unit.controller.test_config_translate import pod
 from tests.unit.controller.test_ingress import tls_secret
 from tests.unit.waypoint.support import HEADER_MODIFIER_CASES
 from waypoint import ingress as wi
@@ -926,3 +934,59 @@ def test_httproute_request_header_modifier_backend_weights() -> None:
         assert d.service == f"{INFRA}/{backend}"
         seen.add(backend)
     assert seen == {"infra-backend-v1", "infra-backend-v2"}
+
+
+# -- HTTPRouteServiceTypes ------------------------------------------------------------------------
+
+def test_httproute_service_types() -> None:
+    """HTTPRouteServiceTypes: a Service without selector whose EndpointSlices were written by hand
+    (as upstream's test fills them: infra-backend-v1's pod, with its targetRef), a headless Service
+    (clusterIP None, selector), and a headless one with hand-written slices all reach
+    infra-backend-v1's pod. On the wire: tests/lab/test_ingress_conformance.py."""
+    backend = pod("infra-backend-v1-abc", "10.244.1.7", namespace=INFRA, labels={"app": "infra-backend-v1"})
+    objs = base() + valid(load("httproute-service-types")) + [backend]
+    for o in objs:
+        if o["kind"] == "EndpointSlice" and o["addressType"] == "IPv4":
+            o["endpoints"] = [{"addresses": ["10.244.1.7"], "conditions": {"ready": True, "serving": True,
+                                                                           "terminating": False},
+                               "nodeName": "node-1", "targetRef": {"kind": "Pod", "name": "infra-backend-v1-abc",
+                                                                   "namespace": INFRA, "uid": "uid-infra-backend-v1-abc"}}]
+    all_accepted(statuses(objs), "same-namespace", "service-types")
+    view, services = views(objs)["same-namespace"], {s.name: s for s in translate(objs).services}
+    got = []
+    for name in ("manual-endpointslices", "headless", "headless-manual-endpointslices"):
+        svc = f"{INFRA}/{name}"
+        assert send(view, "example.com", f"/{name}") == svc
+        got.append((name, [(e.ip, e.ready) for e in services[name].endpoints],
+                    [target_port(p, e) for p in services[name].ports for e in services[name].endpoints]))
+    assert got == [(n, [("10.244.1.7", True)], [3000]) for n in ("manual-endpointslices", "headless",
+                                                                 "headless-manual-endpointslices")]
+
+
+# -- GatewayInfrastructure ------------------------------------------------------------------------
+
+def test_gateway_infrastructure() -> None:
+    """GatewayInfrastructure: the Gateway is Accepted (its status, as the controller writes it), and
+    what its controller creates for it (the reconciler, against an API server emulator) carries the
+    `gateway.networking.k8s.io/gateway-name` label and every `spec.infrastructure` label and
+    annotation: the ServiceAccount, the Service and the pods (the Deployment's pod template)."""
+    [gw] = valid(load("gateway-infrastructure"))
+    conds = {c["type"]: c["status"] for c in gateway_status(statuses(base() + [gw]), gw["metadata"]["name"])[
+        "conditions"]}
+    assert conds["Accepted"] == "True"
+    emu = KubeEmulator().start()
+    rec = KubeWaypointReconciler(make_api_client(emu.url), WaypointDeploySettings(image="ambit:test",
+                                                                                 controller_address="ctl:15012"))
+    name = gw["metadata"]["name"]
+    try:
+        with running(KubeSource(make_api_client(emu.url), debounce=0.01), rec.reconcile):
+            emu.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": INFRA}})
+            emu.create(gw)
+            got = {kind: wait_for(lambda v=v, kind=kind: emu.get(v, kind, name, INFRA), timeout=10, what=kind)
+                   for v, kind in (("v1", "ServiceAccount"), ("v1", "Service"), ("apps/v1", "Deployment"))}
+    finally:
+        emu.stop()
+    for md in (got["ServiceAccount"]["metadata"], got["Service"]["metadata"],
+               got["Deployment"]["spec"]["template"]["metadata"]):
+        assert md["labels"]["gateway.networking.k8s.io/gateway-name"] == name
+        assert md["labels"]["key2"] == "value2" and md["annotations"]["key1"] == "value1", md
