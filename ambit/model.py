@@ -660,6 +660,11 @@ class Retry:
     # previous_priorities, update_frequency 2). False: as before; a waypoint older than this field
     # NACKs a route setting it and keeps its last good routes.
     remote_localities: bool = False
+    # Gateway API `retry.backoff` is the least a retry waits ("not retried before the configured
+    # minimum duration"); Istio's `backoff` is Envoy's base interval, whose full jitter waits
+    # [0, base) before the first retry. True: each wait is at least `backoff`. A waypoint older
+    # than this field NACKs a route setting it and keeps its last good routes.
+    min_backoff: bool = False
 
 
 @dataclass

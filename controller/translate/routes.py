@@ -464,7 +464,7 @@ def _gw_routes(obj: Obj, hosts: Hosts, port: int, grpc: bool,
                 # Istio (gateway/conversion.go): attempts default to 2 when unset
                 route.retries = Retry(attempts=2 if r.get("attempts") is None else int(r["attempts"]),
                                       retry_on=list(GW_RETRY_ON), codes=list(r.get("codes") or []),
-                                      backoff=_seconds(r.get("backoff")))
+                                      backoff=_seconds(r.get("backoff")), min_backoff=True)
             route.session = _gw_session(rule.get("sessionPersistence"), obj, ri, grpc)
             if (not route.destinations and route.redirect is None) or (
                     route.destinations and all(d.weight == 0 for d in route.destinations)):

@@ -50,6 +50,8 @@ from waypoint.resilience.retry import (
     CONNECT_FAILURE,
     PER_TRY_TIMEOUT,
     RESET,
+    RETRY,
+    RetryState,
     would_retry_failure,
     would_retry_response,
 )
@@ -990,3 +992,26 @@ def test_gateway_infrastructure() -> None:
                got["Deployment"]["spec"]["template"]["metadata"]):
         assert md["labels"]["gateway.networking.k8s.io/gateway-name"] == name
         assert md["labels"]["key2"] == "value2" and md["annotations"]["key1"] == "value1", md
+
+
+def test_httproute_retry_backoff_is_the_minimum_wait() -> None:
+    """Gateway API `retry.backoff` is "the minimum duration a Gateway should wait between retry
+    attempts ... as long as unsuccessful backend requests are not retried before the configured
+    minimum duration" (jitter and growth allowed above it). Ambit used Envoy's full jitter, whose
+    first wait is uniform in [0, backoff): every first retry came early."""
+    objs = base() + valid(load("httproute-retry"))
+    next(o for o in objs if o["kind"] == "HTTPRoute")["spec"]["rules"][0]["retry"]["backoff"] = "100ms"
+    p = views(objs)["same-namespace"].ports[80]
+    d = route(p.table, RequestHead(method="GET", path="/retry/code-500-attempts-3", authority="x", scheme="http",
+                                   headers=[]), Downstream(destination_port=80, hostname=p.virtual_host("x") or ""),
+              random.Random(1))
+    assert isinstance(d, Forward) and d.policy is not None
+    rng = random.Random(5)
+    waits = []
+    for _ in range(200):
+        state = RetryState(d.policy.retry, None, rng)
+        waits.append([state.delay for _ in range(3) if state.decide(True) == RETRY])
+    assert all(len(w) == 3 for w in waits)
+    assert min(w for ws in waits for w in ws) >= 0.1
+    assert max(ws[0] for ws in waits) <= 0.1 + 1e-9        # the first: the backoff itself
+    assert max(w for ws in waits for w in ws) <= 1.0        # capped at 10 x, as Envoy caps it

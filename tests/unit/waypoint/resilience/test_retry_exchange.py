@@ -368,3 +368,15 @@ def test_a_reset_on_a_reused_connection_counts_against_a_policy_that_retries_res
         s.close()
         srv.shutdown()
         srv.server_close()
+
+
+def test_a_minimum_backoff_holds_the_retry_back_that_long(half: Backend) -> None:
+    """Gateway API `retry.backoff` (`Retry.min_backoff`): the retry of a failed try waits at least
+    the backoff. Envoy's full jitter, applied before, sent it after a uniform [0, backoff)."""
+    s = Setup([half.port], _policy(retry=Retry(attempts=2, retry_on=["5xx"], backoff=0.3, min_backoff=True)))
+    try:
+        assert s.get()[0] == 200                # answered 200 (every 2nd answer fails)
+        status, _, took = s.get()               # fails once, retried
+        assert (status, half.count) == (200, 3) and took >= 0.3, took
+    finally:
+        s.close()
