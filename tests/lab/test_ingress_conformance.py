@@ -20,6 +20,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -345,3 +346,61 @@ def test_service_types(glab: Lab) -> None:
         assert [(n, send(glab, ip, "example.com", f"/{n}")) for n in names] == [(n, "infra-backend-v1") for n in names]
     finally:
         glab.ambit("delete", "-f", "-", "--ignore-not-found", input=yaml.safe_dump_all(objs), check=False)
+
+
+def seen(lab: Lab, pod: str, contains: str) -> list[dict[str, Any]]:
+    """The requests `pod` (a conformance_echo) received whose path contains `contains`."""
+    return lab.curl(f"{INFRA}/{pod}", f"http://127.0.0.1:3000/_conformance/seen?contains={contains}")  # type: ignore[return-value]
+
+
+EDITED = {"x-header-add": "header-val-1", "x-header-add-append": "append-val-1,header-val-2",
+          "x-header-set": "set-overwrites-values"}
+
+
+def test_request_multiple_mirrors(glab: Lab) -> None:
+    """HTTPRouteRequestMultipleMirrors: infra-backend-v1 answers, and both infra-backend-v2 and -v3
+    receive the request, with the rule's header edits where it has them."""
+    ip = address(glab, "same-namespace")
+    assert ip is not None
+    with applied(glab, "httproute-request-multiple-mirrors"):
+        glab.wait_for(lambda: send(glab, ip, "example.com", "/multi-mirror") == "infra-backend-v1", timeout=30,
+                      interval=0.5, what="request-multiple-mirrors in force")
+        for path in ("/multi-mirror", "/multi-mirror-and-modify-request-headers"):
+            rid = uuid.uuid4().hex
+            code, reply = request(glab, ip, "example.com", f"{path}?rid={rid}", "X-Header-Remove: remove-val",
+                                  "X-Header-Add-Append: append-val-1")
+            assert (code, reply["pod"]) == ("200", "infra-backend-v1")
+            for pod in ("infra-backend-v2", "infra-backend-v3"):
+                [mirrored] = glab.wait_for(lambda pod=pod, rid=rid: seen(glab, pod, rid), timeout=5, interval=0.2,
+                                           what=f"{path} mirrored to {pod}")
+                h = mirrored["headers"]
+                if "modify" in path:
+                    assert ({k: h.get(k) for k in EDITED}, "x-header-remove" in h) == (EDITED, False), h
+                else:
+                    assert h.get("x-header-remove") == "remove-val", h
+
+
+@pytest.mark.parametrize(("path", "percent"), [("/percent-mirror", 20), ("/percent-mirror-fraction", 50),
+                                               ("/percent-mirror-and-modify-headers", 35)])
+def test_request_percentage_mirror(glab: Lab, path: str, percent: int) -> None:
+    """HTTPRouteRequestPercentageMirror: of 200 requests (one curl, kept alive) infra-backend-v1
+    answers all, and infra-backend-v2 receives `percent` of them (`fraction` 25/50: half), within
+    upstream's band of 3 binomial standard deviations."""
+    ip = address(glab, "same-namespace")
+    assert ip is not None
+    n, run = 200, uuid.uuid4().hex
+    with applied(glab, "httproute-request-percentage-mirror"):
+        glab.wait_for(lambda: send(glab, ip, "example.com", path) == "infra-backend-v1", timeout=30,
+                      interval=0.5, what="request-percentage-mirror in force")
+        p = subprocess.run(["ip", "netns", "exec", outside.netns(LabNames(glab.name)), "curl", "-sS", "-m", "60",
+                            "-H", "Host: example.com", "-w", "%{http_code}\n",
+                            *[x for i in range(n) for x in ("-o", "/dev/null", f"http://{ip}{path}?rid={run}-{i}")]],
+                           capture_output=True, text=True, timeout=90)
+        assert p.stdout.split() == ["200"] * n, p.stderr
+
+        def mirrored() -> int:
+            return len(seen(glab, "infra-backend-v2", run))
+        glab.wait_for(lambda: mirrored() > 0, timeout=5, interval=0.2, what="mirrored requests")
+        threading.Event().wait(0.5)          # shadows still on their way
+        got, want, sd = mirrored(), n * percent / 100, (n * percent / 100 * (1 - percent / 100)) ** 0.5
+        assert abs(got - want) <= 3 * sd, (got, want, sd)

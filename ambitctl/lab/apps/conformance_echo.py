@@ -7,6 +7,9 @@ upstream's retry, h2c and WebSocket tests run against lab pods as they do agains
 - `/ws`: a WebSocket endpoint echoing every text and binary message (RFC 6455, no extensions).
 - `--h2c-port`: HTTP/2 with prior knowledge (RFC 9113 3.3) answering the echo reply with
   `proto: HTTP/2.0`; an HTTP/1.1 request there gets 400 ("Expected h2c request"), as upstream's.
+- `/_conformance/seen?contains=S`: the requests this pod received (path and headers, the last
+  1,000) whose path contains S. Upstream reads its backends' logs to see a mirrored request;
+  the lab's tests ask the pod.
 
 Everything else is ambitctl.lab.apps.echo's reply (its `pod` names the backend).
 """
@@ -23,13 +26,14 @@ import socket
 import struct
 import threading
 import time
+from collections import deque
 from urllib.parse import parse_qs, urlsplit
 
 import h2.config
 import h2.connection
 import h2.events
 
-from ambitctl.lab.apps.echo import EchoHandler, Server
+from ambitctl.lab.apps.echo import EchoHandler, Server, _headers
 
 WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -48,6 +52,19 @@ class ConformanceHandler(EchoHandler):
 
     def _reply(self) -> None:
         path = urlsplit(self.path).path
+        srv: ConformanceServer = self.server  # type: ignore[assignment]
+        if path == "/_conformance/seen":
+            want = parse_qs(urlsplit(self.path).query).get("contains", [""])[0]
+            with srv.retry_lock:
+                out = json.dumps([r for r in srv.seen if want in r["path"]]).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(out)))
+            self.end_headers()
+            self.wfile.write(out)
+            return
+        with srv.retry_lock:
+            srv.seen.append({"path": self.path, "headers": _headers(self.headers.items())})
         if path.startswith("/retry/") and self._retry_failed():
             return
         if path == "/ws" and (self.headers.get("upgrade") or "").lower() == "websocket":
@@ -119,6 +136,7 @@ class ConformanceServer(Server):
     def __init__(self, *a: object, **kw: object) -> None:
         super().__init__(*a, **kw)
         self.attempts: dict[str, int] = {}
+        self.seen: deque[dict[str, object]] = deque(maxlen=1000)
         self.retry_lock = threading.Lock()
 
 
