@@ -619,6 +619,11 @@ class RouteDestination:
     port: int = 0                       # 0: the port the request arrived on
     weight: int = 1                     # relative weight among the route's destinations
     headers: HeaderRewrite | None = None
+    # Gateway API filters on a backendRef, applied when this destination is the one chosen: a
+    # RequestRedirect answers in place of forwarding, a URLRewrite replaces the route's. A waypoint
+    # older than these fields NACKs a route setting them and keeps its last good routes.
+    redirect: Redirect | None = None
+    rewrite: Rewrite | None = None
 
 
 @dataclass
@@ -655,6 +660,11 @@ class Retry:
     # previous_priorities, update_frequency 2). False: as before; a waypoint older than this field
     # NACKs a route setting it and keeps its last good routes.
     remote_localities: bool = False
+    # Gateway API `retry.backoff` is the least a retry waits ("not retried before the configured
+    # minimum duration"); Istio's `backoff` is Envoy's base interval, whose full jitter waits
+    # [0, base) before the first retry. True: each wait is at least `backoff`. A waypoint older
+    # than this field NACKs a route setting it and keeps its last good routes.
+    min_backoff: bool = False
 
 
 @dataclass

@@ -348,15 +348,21 @@ def _gw_header_filter(req: Obj | None, resp: Obj | None, base: HeaderRewrite | N
 def gw_backend(b: Obj, ns: str, hosts: Hosts, weight_default: int = 1) -> RouteDestination:
     """A Gateway API backendRef as a destination. One of a kind other than Service keeps its weight
     and resolves to no Service (its share gets 500, Gateway API's `InvalidKind`), whatever Service
-    shares its name."""
+    shares its name. Its header modifiers, RequestRedirect and URLRewrite filters apply when it is
+    the backend chosen (conformance HTTPRouteBackendRequestRedirect, HTTPRouteBackendURLRewrite);
+    its other filters are not applied (`ambit apply` warns: controller.waypoints.advisories)."""
     host = f"{b['name']}.{b.get('namespace') or ns}.svc.{hosts.cd}"
-    headers = None
+    headers, redirect, rewrite = None, None, None
     for f in b.get("filters") or []:
         headers = _gw_header_filter(f.get("requestHeaderModifier"), f.get("responseHeaderModifier"), headers)
+        if f.get("type") == "RequestRedirect":
+            redirect = gw_redirect(f["requestRedirect"])
+        elif f.get("type") == "URLRewrite":
+            rewrite = gw_rewrite(f["urlRewrite"])
     service = hosts.service_ref(host) if is_service_backend(b) else ""
     return RouteDestination(host=host, service=service, port=int(b.get("port") or 0),
                             weight=int(b["weight"]) if b.get("weight") is not None else weight_default,
-                            headers=headers)
+                            headers=headers, redirect=redirect, rewrite=rewrite)
 
 
 # Gateway API's default `maxAge` (its CRD's default: the API server fills it in, the lab store does not).
@@ -375,6 +381,24 @@ def gw_cors(c: Obj) -> dict[str, Any]:
             "allowCredentials": bool(c.get("allowCredentials"))}
 
 
+def gw_redirect(r: Obj) -> Redirect:
+    """A RequestRedirect filter's `requestRedirect` (a rule's or a backendRef's)."""
+    value, mode = _gw_path_modifier(r["path"]) if r.get("path") else ("", "full")
+    return Redirect(scheme=r.get("scheme", ""), authority=r.get("hostname", ""), port=int(r.get("port") or 0),
+                    path=value, path_mode=mode, code=int(r.get("statusCode") or 302),
+                    # Gateway API: without a port, the scheme's port if a scheme is given, else the
+                    # listener's (for a mesh route, the Service port the request came in on), as
+                    # Istio translates it.
+                    derive_port="" if r.get("port") else
+                    ("FROM_PROTOCOL_DEFAULT" if r.get("scheme") else "FROM_REQUEST_PORT"))
+
+
+def gw_rewrite(r: Obj) -> Rewrite:
+    """A URLRewrite filter's `urlRewrite` (a rule's or a backendRef's)."""
+    value, mode = _gw_path_modifier(r["path"]) if r.get("path") else ("", "prefix")
+    return Rewrite(path=value, path_mode=mode, authority=r.get("hostname", ""))
+
+
 def _gw_filters(route: HttpRoute, filters: list[Obj], ns: str, hosts: Hosts) -> None:
     for f in filters:
         t = f["type"]
@@ -382,20 +406,9 @@ def _gw_filters(route: HttpRoute, filters: list[Obj], ns: str, hosts: Hosts) -> 
             route.headers = _gw_header_filter(f.get("requestHeaderModifier"), f.get("responseHeaderModifier"),
                                               route.headers)
         elif t == "RequestRedirect":
-            r = f["requestRedirect"]
-            value, mode = _gw_path_modifier(r["path"]) if r.get("path") else ("", "full")
-            route.redirect = Redirect(scheme=r.get("scheme", ""), authority=r.get("hostname", ""),
-                                      port=int(r.get("port") or 0), path=value, path_mode=mode,
-                                      code=int(r.get("statusCode") or 302),
-                                      # Gateway API: without a port, the scheme's port if a scheme
-                                      # is given, else the listener's (for a mesh route, the Service
-                                      # port the request came in on), as Istio translates it.
-                                      derive_port="" if r.get("port") else
-                                      ("FROM_PROTOCOL_DEFAULT" if r.get("scheme") else "FROM_REQUEST_PORT"))
+            route.redirect = gw_redirect(f["requestRedirect"])
         elif t == "URLRewrite":
-            r = f["urlRewrite"]
-            value, mode = _gw_path_modifier(r["path"]) if r.get("path") else ("", "prefix")
-            route.rewrite = Rewrite(path=value, path_mode=mode, authority=r.get("hostname", ""))
+            route.rewrite = gw_rewrite(f["urlRewrite"])
         elif t == "CORS":
             route.cors = gw_cors(f["cors"])
         elif t == "RequestMirror":
@@ -407,6 +420,15 @@ def _gw_filters(route: HttpRoute, filters: list[Obj], ns: str, hosts: Hosts) -> 
                 pct = 100.0 * m["fraction"]["numerator"] / m["fraction"].get("denominator", 100)
             route.mirrors.append(Mirror(gw_backend(m["backendRef"], ns, hosts), pct))
 
+
+
+# What an HTTPRoute `retry` retries besides its `codes`. Gateway API (HTTPRouteRetry): an
+# implementation "SHOULD retry on connection errors (disconnect, reset, timeout, TCP failure)";
+# conformance HTTPRouteRetryConnectionError (the backend resets the connection after reading the
+# request) and HTTPRouteRetryWithTimeouts (each try outlives `timeouts.backendRequest`) retry
+# both. Istio's conversion gives only connect-failure, refused-stream, unavailable and cancelled,
+# which retry neither; `reset` (Envoy's: a disconnect, reset or per-try timeout) does.
+GW_RETRY_ON = ("connect-failure", "refused-stream", "unavailable", "cancelled", "reset")
 
 def _gw_routes(obj: Obj, hosts: Hosts, port: int, grpc: bool,
                consumer: bool = False) -> list[tuple[tuple[Any, ...], HttpRoute]]:
@@ -441,8 +463,8 @@ def _gw_routes(obj: Obj, hosts: Hosts, port: int, grpc: bool,
                 r = rule["retry"]
                 # Istio (gateway/conversion.go): attempts default to 2 when unset
                 route.retries = Retry(attempts=2 if r.get("attempts") is None else int(r["attempts"]),
-                                      codes=list(r.get("codes") or []),
-                                      backoff=_seconds(r.get("backoff")))
+                                      retry_on=list(GW_RETRY_ON), codes=list(r.get("codes") or []),
+                                      backoff=_seconds(r.get("backoff")), min_backoff=True)
             route.session = _gw_session(rule.get("sessionPersistence"), obj, ri, grpc)
             if (not route.destinations and route.redirect is None) or (
                     route.destinations and all(d.weight == 0 for d in route.destinations)):

@@ -684,6 +684,11 @@ def _at(o: Obj | None, path: str) -> Any:
     return v
 
 
+# backendRef filters the gateway and waypoints apply when that backend is chosen
+# (controller.translate.routes.gw_backend, waypoint.routing.route)
+BACKEND_FILTERS_APPLIED = ("RequestHeaderModifier", "ResponseHeaderModifier", "RequestRedirect", "URLRewrite")
+
+
 def _gw_fields(o: Obj) -> list[Advisory]:
     spec, ref, out = o.get("spec") or {}, object_ref(o), []
     for i, r in enumerate(spec.get("rules") or []):
@@ -692,10 +697,11 @@ def _gw_fields(o: Obj) -> list[Advisory]:
                 out.append(Advisory(ref, f"spec.rules[{i}].{f}", why, NOT_ENFORCED))
         for j, b in enumerate(r.get("backendRefs") or []):
             for k, flt in enumerate(b.get("filters") or []):
-                if flt.get("type") not in ("RequestHeaderModifier", "ResponseHeaderModifier"):
+                if flt.get("type") not in BACKEND_FILTERS_APPLIED:
                     out.append(Advisory(ref, f"spec.rules[{i}].backendRefs[{j}].filters[{k}]",
-                                        f"{flt.get('type')} is not applied per backend (only header modifiers are); "
-                                        "put it in the rule's filters", NOT_ENFORCED))
+                                        f"{flt.get('type')} is not applied per backend (header modifiers, "
+                                        "RequestRedirect and URLRewrite are); put it in the rule's filters",
+                                        NOT_ENFORCED))
     return out
 
 

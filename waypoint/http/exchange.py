@@ -261,14 +261,18 @@ class Exchange:
     def upstream_reset(self, flags: str, reason: str, *, retryable: bool = False, current: bool = False) -> None:
         """The upstream reset the stream or closed the connection. `retryable`: it happened on a
         reused pooled connection before any response byte (the server closed an idle connection
-        as we reused it), which is safe to try once more on a fresh connection if no body went."""
+        as we reused it), which is safe to try once more on a fresh connection if no body went.
+        Not when the route's retry policy retries resets itself: then that try is one of its
+        counted retries (Gateway API `retry.attempts` is the most retries a request gets; the
+        backend may have read the request before it reset)."""
         if self.done or (self.x is not None and not current and self._superseded()):
             return
         sent = self.up is not None      # the try's head went upstream (`bind`)
         self.up = None
         x = self.x
+        rp = self.retry_policy
         if retryable and (x is None or not x.retried) and self.body == BODY_NONE and not self.resp_started \
-                and self.target is not None:
+                and self.target is not None and not (rp is not None and retries.would_retry_failure(rp, retries.RESET)):
             self._rare().retried = True
             self.reset_code = None      # (the refused stream's: a later reset passes on its own code)
             self.engine.pools.acquire(self.target, self.leg, fresh=True)

@@ -12,6 +12,8 @@ Sources:
   does it: waypoint/traffic/locality.py `retry_priorities`).
 - istio/istio pilot/pkg/config/kube/gateway/conversion.go: an HTTPRoute `retry` becomes retryOn
   `connect-failure,refused-stream,unavailable,cancelled` plus its `codes`, attempts default 2.
+  Ambit adds `reset` (controller.translate.routes.GW_RETRY_ON) and keeps its `backoff` a minimum
+  (`RetryPolicy.min_backoff`), as Gateway API's HTTPRouteRetry defines them.
 - envoyproxy/envoy source/common/router/retry_state_impl.cc: `wouldRetryFromHeaders` (5xx,
   gateway-error 502/503/504, retriable-4xx = 409, retriable-status-codes, gRPC status in the head;
   never an `x-envoy-overloaded` answer), `wouldRetryFromReset` (5xx / gateway-error / reset retry
@@ -62,6 +64,7 @@ class RetryPolicy:
     ignore_previous_hosts: bool = True          # Envoy's previous_hosts retry host predicate
     unknown: tuple[str, ...] = ()               # retryOn values not applied (`ambit apply` warns)
     remote_localities: bool = False             # Envoy's previous_priorities (update_frequency 2)
+    min_backoff: bool = False                   # Gateway API: every wait is at least base_interval
 
     @property
     def max_interval(self) -> float:
@@ -102,7 +105,8 @@ def compile_retry(r: Retry | None) -> RetryPolicy | None:
     if codes:
         on.add("retriable-status-codes")
     return RetryPolicy(r.attempts, frozenset(on), frozenset(codes), r.backoff or BASE_INTERVAL,
-                       r.ignore_previous_hosts, tuple(unknown), remote_localities=r.remote_localities)
+                       r.ignore_previous_hosts, tuple(unknown), remote_localities=r.remote_localities,
+                       min_backoff=r.min_backoff)
 
 
 def would_retry_response(p: RetryPolicy, status: int, grpc_status: str = "", overloaded: bool = False,
@@ -141,17 +145,21 @@ def would_retry_failure(p: RetryPolicy, kind: str, started: bool = True) -> bool
 
 
 class Backoff:
-    """Envoy's JitteredBackOffStrategy: the n-th delay is uniform in [0, min(base * 2^(n-1), max))."""
+    """Envoy's JitteredBackOffStrategy: the n-th delay is uniform in [0, min(base * 2^(n-1), max)).
+    `floor` (Gateway API's `retry.backoff`, a minimum): uniform in [floor, min(base * 2^(n-1),
+    max)) instead, so the first delay is the floor itself."""
 
-    __slots__ = ("base", "max", "rng", "_next")
+    __slots__ = ("base", "max", "rng", "floor", "_next")
 
-    def __init__(self, base: float, maximum: float, rng: random.Random) -> None:
-        self.base, self.max, self.rng = base, maximum, rng
+    def __init__(self, base: float, maximum: float, rng: random.Random, floor: float = 0.0) -> None:
+        self.base, self.max, self.rng, self.floor = base, maximum, rng, floor
         self._next = base
 
     def next(self) -> float:
         interval = self._next
         self._next = interval * 2 if interval < self.max / 2 else self.max
+        if self.floor:
+            return self.floor + self.rng.random() * max(0.0, min(interval, self.max) - self.floor)
         return min(self.rng.random() * interval, self.max)
 
 
@@ -174,7 +182,8 @@ class RetryState:
         self.policy = policy
         self.circuit = circuit          # waypoint.resilience.budget.RetryCircuit (or None: no limit, no stats)
         self.left = policy.num_retries
-        self.backoff = Backoff(policy.base_interval, policy.max_interval, rng)
+        self.backoff = Backoff(policy.base_interval, policy.max_interval, rng,
+                               floor=policy.base_interval if policy.min_backoff else 0.0)
         self.armed = False
         self.delay = 0.0
         self.retries = 0

@@ -13,7 +13,8 @@ Order, as Istio configures Envoy:
 3. The route answers itself (`directResponse`, `redirect`, with its CORS policy applied first:
    `waypoint.routing.cors`) or forwards to one destination chosen
    by weight, with its path/authority rewritten and the header operations of the destination and
-   the route composed (the route's applied last, see `headers`). A rule with session persistence
+   the route composed (the route's applied last, see `headers`). A Gateway API backendRef's own
+   RequestRedirect answers when that backend is chosen, and its URLRewrite replaces the route's. A rule with session persistence
    goes to the backend of the endpoint the request's session names, if any does (weight 0
    included), before the weights are drawn (`waypoint.traffic.session`).
 
@@ -32,7 +33,7 @@ import dataclasses
 import functools
 
 from ambit.httpfields import wire_value
-from ambit.model import RouteDestination
+from ambit.model import Redirect, RouteDestination
 from waypoint.localreply import local_reply
 from waypoint.request import Decision, Downstream, Forward, HeaderOps, LocalReply, RequestHead
 from waypoint.routing import cors
@@ -98,17 +99,20 @@ def _reply_headers(r: CompiledRoute, base: list[tuple[str, str]]) -> tuple[tuple
     return tuple(r.response_headers.apply(base)) if r.response_headers != HeaderOps() else tuple(base)
 
 
-def _answer(r: CompiledRoute, head: RequestHead, down: Downstream, path_matcher: StringMatcher | None) -> LocalReply:
-    """A route that answers itself: a redirect, else its direct response. Envoy's CORS filter runs
-    before its router, so a preflight gets the CORS answer and any other request from an allowed
-    origin gets the CORS headers on the route's reply."""
+def _answer(r: CompiledRoute, head: RequestHead, down: Downstream, path_matcher: StringMatcher | None,
+            redirect: Redirect | None = None) -> LocalReply:
+    """A route that answers itself: a redirect (`redirect`: the chosen backendRef's, else the
+    route's), else its direct response. Envoy's CORS filter runs before its router, so a preflight
+    gets the CORS answer and any other request from an allowed origin gets the CORS headers on the
+    route's reply."""
     c = cors.evaluate(r.policy.cors, head) if r.policy is not None and r.policy.cors is not None else None
     if isinstance(c, LocalReply):
         return dataclasses.replace(c, route=r.name)
     model = r.route
-    if model.redirect is not None:
-        loc = location(model.redirect, head, down, path_matcher)
-        status, body, base, reason = model.redirect.code, b"", [("location", loc)], "redirect"
+    redirect = redirect or model.redirect
+    if redirect is not None:
+        loc = location(redirect, head, down, path_matcher)
+        status, body, base, reason = redirect.code, b"", [("location", loc)], "redirect"
     else:
         assert model.direct_response is not None
         d = model.direct_response
@@ -143,9 +147,13 @@ def _decide(table: RouteTable, r: CompiledRoute, matched: RequestMatcher | None,
     if dest.subset and table.subset_labels(dest.host, dest.subset) is None:
         return local_reply(head, 503, flags=NO_CLUSTER, route=r.name,
                            reason=f"subset {dest.subset!r} of {dest.host} is not defined by a DestinationRule")
+    if dest.redirect is not None:       # a Gateway API backendRef's RequestRedirect
+        return _answer(r, head, down, path_matcher, dest.redirect)
     port = dest.port or down.destination_port
-    rw = model.rewrite
-    static = rw is None or not (rw.path or r.rewrite_regex is not None)
+    # a backendRef's URLRewrite replaces the route's (Gateway API: applied when that backend is chosen)
+    rw = model.rewrite if dest.rewrite is None else dest.rewrite
+    regex = r.rewrite_regex if dest.rewrite is None else None
+    static = rw is None or not (rw.path or regex is not None)
     if static:
         fwd = chosen.forwards.get(port)
         if fwd is not None:
@@ -153,8 +161,8 @@ def _decide(table: RouteTable, r: CompiledRoute, matched: RequestMatcher | None,
     path = None
     authority = None
     if rw is not None:      # (configured text goes on the wire as its UTF-8 bytes: `wire_value`)
-        if r.rewrite_regex is not None:
-            path = regex_rewrite(head.path, r.rewrite_regex, wire_value(rw.regex_substitution))
+        if regex is not None:
+            path = regex_rewrite(head.path, regex, wire_value(rw.regex_substitution))
         elif rw.path and rw.path_mode == "full":
             path = replace_full(head.path, wire_value(rw.path))
         elif rw.path:

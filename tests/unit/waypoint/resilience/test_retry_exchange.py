@@ -344,3 +344,39 @@ def test_per_try_timeout_starts_when_a_streamed_body_ends() -> None:
         s.close()
         slow.close()
         fast.close()
+
+
+@pytest.mark.parametrize(("succeed_after", "status"), [(3, 200), (4, 503)])
+def test_a_reset_on_a_reused_connection_counts_against_a_policy_that_retries_resets(
+        succeed_after: int, status: int) -> None:
+    """A route whose policy retries resets (Gateway API's `retry`: attempts 3) sends at most 1 + 3
+    tries: a reset on a reused pooled connection is one of its retries. It was replayed on a fresh
+    connection first, uncounted (the idle-close race rule, which stays for policies that do not
+    retry resets), so a backend that read the request and reset it got a 5th try and upstream's
+    HTTPRouteRetryConnectionError (succeedAfter 4, attempts 3) got 200 instead of 5xx."""
+    from ambitctl.lab.apps.conformance_echo import ConformanceHandler, ConformanceServer
+    from controller.translate.routes import GW_RETRY_ON
+
+    srv = ConformanceServer(("127.0.0.1", 0), ConformanceHandler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    s = Setup([srv.server_address[1]], _policy(retry=Retry(attempts=3, retry_on=list(GW_RETRY_ON), backoff=0.001)))
+    try:
+        assert s.get("/warm")[0] == 200          # the pool now holds a kept-alive connection
+        assert s.get(f"/retry/x?uuid=u&succeedAfter={succeed_after}")[0] == status
+        assert srv.attempts["u"] == min(succeed_after, 4)        # the tries that were reset
+    finally:
+        s.close()
+        srv.shutdown()
+        srv.server_close()
+
+
+def test_a_minimum_backoff_holds_the_retry_back_that_long(half: Backend) -> None:
+    """Gateway API `retry.backoff` (`Retry.min_backoff`): the retry of a failed try waits at least
+    the backoff. Envoy's full jitter, applied before, sent it after a uniform [0, backoff)."""
+    s = Setup([half.port], _policy(retry=Retry(attempts=2, retry_on=["5xx"], backoff=0.3, min_backoff=True)))
+    try:
+        assert s.get()[0] == 200                # answered 200 (every 2nd answer fails)
+        status, _, took = s.get()               # fails once, retried
+        assert (status, half.count) == (200, 3) and took >= 0.3, took
+    finally:
+        s.close()
