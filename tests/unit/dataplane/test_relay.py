@@ -113,7 +113,14 @@ def test_a_slow_receiver_stops_the_sender_instead_of_buffering_everything(loop_k
         payload = os.urandom(48 * MiB)
         try:
             sender = asyncio.ensure_future(send_and_digest(port, payload))
-            await asyncio.sleep(1.0)
+            # until the relay's upstream leg is up and the kernel buffers have filled (a loaded
+            # machine can take longer than a fixed second to get there)
+            for _ in range(100):
+                await asyncio.sleep(0.1)
+                if upstreams and upstreams[0].transport is not None and \
+                        upstreams[0].transport.get_write_buffer_size() > 0:
+                    break
+            await asyncio.sleep(0.5)
             assert not sender.done(), "48 MiB cannot fit in kernel buffers: the sender must be held back"
             assert upstreams and upstreams[0].transport is not None
             assert upstreams[0].transport.get_write_buffer_size() <= WRITE_HIGH + EARLY_LIMIT
