@@ -102,6 +102,14 @@ class Engine:
         """Serve an already connected stream (e.g. `HBONETransport(stream)`)."""
         conn.attach(self.protocol(downstream))
 
+    def track(self, conn: H1Server | H2Server) -> None:
+        """A connection the tick checks (timeouts) from now on. The tick runs while there is one to
+        check: arm it here, not only when a tunnel arrives, since a tick during a tunnel's protocol
+        detection found none and stopped, and the connection it became then had no timeout at all
+        (an idle waypoint's first client whose first bytes came a tick late: seen under load)."""
+        self.conns.add(conn)
+        self._arm()
+
     def _arm(self) -> None:
         if self._sweeper is None and not self.draining:
             self._sweeper = self.loop.call_later(self._tick, self._sweep)

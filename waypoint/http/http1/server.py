@@ -140,7 +140,7 @@ class H1Server(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        self.engine.conns.add(self)
+        self.engine.track(self)
         self.last = self._loop.time()
 
     def data_received(self, data: bytes) -> None:

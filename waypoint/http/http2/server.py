@@ -106,7 +106,7 @@ class H2Server(H2Base):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
-        self.engine.conns.add(self)
+        self.engine.track(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True

@@ -90,3 +90,34 @@ def test_a_grpc_stream_cut_by_the_route_timeout_is_internal_after_its_first_mess
         channel.close()
         proxy.close()
         server.stop(0)
+
+
+
+def test_the_header_timeout_holds_for_a_client_whose_first_bytes_come_late_to_an_idle_waypoint() -> None:
+    """The engine's tick (header, stream-idle and idle timeouts) runs while it has connections to
+    check. It was armed only when a tunnel arrived: a tick during the tunnel's protocol detection
+    found no connection and stopped, and the HTTP connection the tunnel then became was never
+    checked. A slowloris client that waits a moment before its first bytes kept an idle waypoint's
+    connection for ever, its head never complete, where `header_timeout` should cut it."""
+    import socket
+    import time
+
+    from waypoint.http.settings import HttpSettings
+
+    origin = RawOrigin()
+    proxy = Proxy(forward_to(origin.port), settings=HttpSettings(header_timeout=0.4))  # a tick of 0.1 s
+    try:
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as s:
+            time.sleep(0.5)         # ticks pass while the tunnel is still being detected
+            start = time.monotonic()
+            s.sendall(b"GET /slow HTTP/1.1\r\nhost: origin\r\n")      # and the head never ends
+            got = b""
+            try:
+                while data := s.recv(65536):
+                    got += data
+            except TimeoutError:
+                pytest.fail(f"no header timeout in 5 s; got {got!r}")
+        assert got.startswith(b"HTTP/1.1 408"), got
+        assert time.monotonic() - start < 3.0
+    finally:
+        proxy.close()
