@@ -234,3 +234,19 @@ def test_iptables_mode_honours_dns_capture_off(dlab, proxy):
     for _ in make_engine(dlab, "iptables", dns_capture=False):
         assert dlab.dig(f"@{NODE_IP}") == UPSTREAM_ANSWER
         assert proxy.peers == []
+
+
+def test_iptables_mode_a_socket_given_the_dns_proxy_port_still_reaches_the_proxy(dlab):
+    """The eBPF case above, in iptables mode: REDIRECT leaves the source the pod's IP, so the query
+    (pod IP:15053 -> 127.0.0.1:15053) matches no socket but the proxy's; no self-delivery."""
+    proxy = DnsServer(dlab.pod_ns, "127.0.0.1", 15053, PROXY_ANSWER, reuseport=True)
+    range_file = "/proc/sys/net/ipv4/ip_local_port_range"
+    saved = dlab.run(["cat", range_file]).stdout.split()
+    try:
+        for _ in make_engine(dlab, "iptables"):
+            assert dlab.run(["sh", "-c", f"echo 15053 15053 > {range_file}"]).returncode == 0
+            assert dlab.dig(f"@{NODE_IP}") == PROXY_ANSWER
+            assert [p[:3] for p in proxy.peers] == [("udp", POD_IP, 15053)]
+    finally:
+        dlab.run(["sh", "-c", f"echo {' '.join(saved)} > {range_file}"])
+        proxy.close()
