@@ -154,7 +154,8 @@ enum ambit_stat {
     AMBIT_STAT_DNS_REPLY_REWRITTEN = 27,   /* recvmsg() source 127.0.0.1:15053 -> the original resolver */
     AMBIT_STAT_DNS_NO_STORAGE = 28,        /* sk_storage full (ENOMEM): the query goes out uncaptured */
     AMBIT_STAT_INBOUND_BYPASSED = 29,      /* a SYN to an ingress-mode pod passed to the app uncaptured */
-    AMBIT_STAT_MAX = 30,
+    AMBIT_STAT_DNS_SKIP_SELF = 30,         /* a UDP socket on 15053 itself: redirected, it would get its own query */
+    AMBIT_STAT_MAX = 31,
 };
 
 #define AMBIT_MAX_PODS 4096

@@ -108,6 +108,13 @@ static __always_inline int ambit_dns_udp(struct bpf_sock_addr *ctx, __u32 ip, __
     struct bpf_sock *sk = ctx->sk;
     if (!sk)
         return 0;
+    /* A socket whose own port is 15053 (the kernel can give it one: ztunnel's UDP socket there has
+     * SO_REUSEPORT, so a client's SO_REUSEPORT socket of the same uid may share the port) would
+     * send its query to itself, and read it back as the answer: it goes out uncaptured instead. */
+    if (sk->src_port == AMBIT_PORT_DNS) {
+        ambit_count(AMBIT_STAT_DNS_SKIP_SELF);
+        return 0;
+    }
     struct ambit_dst *d = ambit_dns_dst.sk_storage_get(sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
     if (!d) {
         ambit_count(AMBIT_STAT_DNS_NO_STORAGE);

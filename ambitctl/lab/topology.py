@@ -112,12 +112,16 @@ def sysctls(ns: str, values: dict[str, str]) -> None:
     in_netns(ns, "sysctl", "-q", "-w", *[f"{k}={v}" for k, v in values.items()])
 
 
-# Load tests exhaust the default ephemeral range (feasibility §1); ztunnel's ports are reserved so
-# no client socket can take them before ztunnel binds its listeners.
+# Load tests exhaust the default ephemeral range (feasibility §1), so the lab widens it over all of
+# ztunnel's ports, and reserves them so that the kernel never hands one out as an ephemeral port.
+# 15053 (the DNS proxy's) too: ztunnel's UDP socket there has SO_REUSEPORT, so a client socket with
+# SO_REUSEPORT of the same uid (dig, as root in the lab) could be given 15053 beside it; its query,
+# redirected to 127.0.0.1:15053, then went to itself, and dig read its own query as the answer.
+RESERVED_PORTS = "15000-15021,15053"
 POD_SYSCTLS = {
     "net.ipv4.tcp_tw_reuse": "1",
     "net.ipv4.ip_local_port_range": "1024 65000",
-    "net.ipv4.ip_local_reserved_ports": "15000-15021",
+    "net.ipv4.ip_local_reserved_ports": RESERVED_PORTS,
     "net.ipv4.ping_group_range": "0 2147483647",
 }
 

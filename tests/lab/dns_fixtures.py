@@ -119,11 +119,15 @@ class DnsServer:
     port: int
     address: str
     peers: list[tuple[str, str, int]] = field(default_factory=list)   # (proto, ip, port) per query
+    reuseport: bool = False     # SO_REUSEPORT, as ztunnel opens 127.0.0.1:15053 (ztunnel/pods.py)
 
     def __post_init__(self) -> None:
         self.udp = socket_in(self.netns, socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_UDP)
         self.tcp = socket_in(self.netns)
         self.tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if self.reuseport:
+            for s in (self.udp, self.tcp):
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         try:
             self.udp.bind((self.host, self.port))
             self.tcp.bind((self.host, self.port))

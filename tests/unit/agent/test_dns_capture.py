@@ -130,5 +130,6 @@ def test_dns_constants_match_the_c_header() -> None:
     assert _define("AMBIT_POD_DNS") == maps.POD_DNS
     assert maps.POD_DNS not in (maps.POD_OUTBOUND, maps.POD_INBOUND, maps.POD_NODE_GUARD)
     names = maps.stat_names()
-    for n in ("dns_udp_redirected", "dns_tcp_redirected", "dns_skip_off", "dns_reply_rewritten", "dns_no_storage"):
+    for n in ("dns_udp_redirected", "dns_tcp_redirected", "dns_skip_off", "dns_reply_rewritten", "dns_no_storage",
+              "dns_skip_self"):
         assert n in names
