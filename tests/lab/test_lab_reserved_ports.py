@@ -61,9 +61,12 @@ print(json.dumps(got))
 """
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root for a network namespace of its own")
+pytestmark = [pytest.mark.lab,
+              pytest.mark.skipif(os.geteuid() != 0, reason="needs root for a network namespace of its own")]
+
+
 def test_no_client_socket_is_given_a_ztunnel_port_in_a_lab_pod() -> None:
-    root = Path(__file__).resolve().parents[3]
+    root = Path(__file__).resolve().parents[2]
     ports = [PORT_OUTBOUND, PORT_INBOUND, PORT_HBONE, PORT_DNS]
     p = subprocess.run(["unshare", "--net", sys.executable, "-c", SCRIPT, json.dumps(POD_SYSCTLS), json.dumps(ports)],
                        capture_output=True, text=True, timeout=60, cwd=root, env={**os.environ, "PYTHONPATH": str(root)})
