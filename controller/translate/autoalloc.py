@@ -72,12 +72,22 @@ class Allocation:
     errors: list[FieldError] = field(default_factory=list)
 
 
+def not_allocated(se: Obj, enabled: bool) -> str:
+    """Why an entry without `addresses` gets no auto-allocated address (Istio's
+    ShouldV2AutoAllocateIPFromConfig false: off, resolution NONE, opted out), or "" when it gets one."""
+    if not enabled:
+        return "the controller runs with --no-ip-autoallocate"
+    if ((se.get("spec") or {}).get("resolution") or "NONE") == "NONE":
+        return "resolution NONE gets no auto-allocated address"
+    opt = labels_of(se).get(OPT_OUT_LABEL)
+    if isinstance(opt, str) and opt.lower() == "false":
+        return f'the label {OPT_OUT_LABEL}: "false" opts it out of auto-allocation'
+    return ""
+
+
 def qualifies(se: Obj, settings: AutoAllocate) -> bool:
     """Istio's ShouldV2AutoAllocateIP: on, not resolution NONE, not opted out, no user addresses."""
-    spec = se.get("spec") or {}
-    opt = labels_of(se).get(OPT_OUT_LABEL)
-    return (settings.enabled and (spec.get("resolution") or "NONE") != "NONE"
-            and not (isinstance(opt, str) and opt.lower() == "false") and not spec.get("addresses"))
+    return not (se.get("spec") or {}).get("addresses") and not not_allocated(se, settings.enabled)
 
 
 def hosts_of(se: Obj) -> list[str]:

@@ -11,25 +11,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from controller.translate.autoalloc import OPT_OUT_LABEL
+from controller.translate.autoalloc import not_allocated
 
 Obj = dict[str, Any]
 # istiod's protocol.Parse(...).IsTCP(): the protocols carried on TCP that are no HTTP (any case)
 _TCP = ("TCP", "HTTPS", "TLS", "MONGO", "REDIS", "MYSQL")
-
-
-def _no_allocation(o: Obj, autoallocate: bool) -> str:
-    """Why the entry gets no auto-allocated address (istiod's ShouldV2AutoAllocateIPFromConfig
-    false), or "" when it gets one. Its own `addresses` are checked by the caller."""
-    spec = o.get("spec") or {}
-    label = ((o.get("metadata") or {}).get("labels") or {}).get(OPT_OUT_LABEL)
-    if not autoallocate:
-        return "the controller runs with --no-ip-autoallocate"
-    if (spec.get("resolution") or "NONE") == "NONE":
-        return "resolution NONE gets no auto-allocated address"
-    if isinstance(label, str) and label.lower() == "false":
-        return f'the label {OPT_OUT_LABEL}: "false" opts it out of auto-allocation'
-    return ""
 
 
 def entry_warnings(o: Obj, autoallocate: bool = True) -> list[tuple[str, str]]:
@@ -44,7 +30,7 @@ def entry_warnings(o: Obj, autoallocate: bool = True) -> list[tuple[str, str]]:
                     "applied to all services in namespace (istiod warns so): Ambit, as Istio's ambient registry, "
                     "selects no pod with it, so the entry's hosts have no endpoint"))
     if not spec.get("addresses"):
-        why = _no_allocation(o, autoallocate)
+        why = not_allocated(o, autoallocate)
         for i, p in enumerate(spec.get("ports") or []):
             if why and (p or {}).get("protocol", "") in ("", "TCP"):
                 out.append((f"spec.ports[{i}]", "addresses are required for ports serving TCP (or unset) protocol when "
