@@ -91,6 +91,7 @@ def _section(rules: list[Obj], section: str, what: str) -> list[tuple[str, str]]
             earlier = next((p for p in prefixes if shadow and shadow[0] != p[0] and shadow[0].startswith(p[0])
                             and shadow[1] == p[1]), None)
             if shadow and earlier:
+                dups += 1
                 out.append((f"spec.http[{i}].match[{j}]", (
                     f'match {j} of rule {_name(h, i)} is never used: its uri prefix "{shadow[0]}" is within the '
                     f'prefix "{earlier[0]}" of an earlier match (rule {earlier[2]}), with the same other conditions, and '

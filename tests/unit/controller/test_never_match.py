@@ -131,7 +131,9 @@ def test_a_prefix_within_an_earlier_prefix_is_warned_where_istiod_is_right() -> 
     got = {a.path: a.reason for a in advisories(BASE + [_http([{"uri": {"prefix": "/api"}}],
                                                               [{"uri": {"prefix": "/api/v2"}}])])
            if a.cause == "UnreachableRule"}
-    assert list(got) == ["spec.http[1].match[0]"]
+    # and the rule, whose only match that was, is never used (as for a repeated match)
+    assert list(got) == ["spec.http[1].match[0]", "spec.http[1]"]
+    assert "rule 1 is never used: all its matches are used by rules before it" in got["spec.http[1]"]
     assert 'its uri prefix "/api/v2" is within the prefix "/api" of an earlier match (rule 0)' in got[
         "spec.http[1].match[0]"]
     assert "istiod warns too" in got["spec.http[1].match[0]"]
