@@ -21,7 +21,6 @@ import base64
 import hashlib
 import json
 import os
-import re
 import socket
 import struct
 import threading
@@ -33,18 +32,11 @@ import h2.config
 import h2.connection
 import h2.events
 
+from ambit.duration import parse_go_duration
 from ambitctl.lab.apps.echo import EchoHandler, Server, _headers
 
 WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-
-
-def go_duration(text: str) -> float:
-    """A Go duration (`300ms`, `1s`, `1.5s`) in seconds; "" is 0."""
-    total = 0.0
-    for num, unit in re.findall(r"([0-9.]+)(ms|us|s|m|h)", text):
-        total += float(num) * {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}[unit]
-    return total
 
 
 class ConformanceHandler(EchoHandler):
@@ -85,7 +77,8 @@ class ConformanceHandler(EchoHandler):
                 srv.attempts[q.get("uuid", "")] = n + 1
         if not fail:
             return False
-        time.sleep(go_duration(q.get("delayRetry", "")))
+        delay = q.get("delayRetry", "")
+        time.sleep(parse_go_duration(delay) if delay else 0.0)
         if q.get("responseCode"):
             self.send_response(int(q["responseCode"]))
             self.send_header("Content-Length", "0")
